@@ -1,0 +1,155 @@
+"""Efficient U-Net (Imagen App. B.1): a text-conditioned denoiser for base and super-resolution stages.
+
+Conditioning: log-SNR embedding + attention-pooled text (+ the augmentation level for SR stages) feed every
+res block through FiLM; text tokens join the keys/values of self-attention at `attn_levels` and are attended
+to explicitly at `cross_attn_levels`. As in the Efficient U-Net, the down path resamples BEFORE its
+convolutions, the up path AFTER them, and skip connections are scaled by 1/sqrt(2).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imagen_jax.models import layers
+
+SKIP_SCALE = 2**-0.5
+
+
+class UNet(nn.Module):
+    """Denoiser: x_t [B,H,W,C], log_snr [B], text [B,L,Dt], text_mask bool [B,L] -> prediction [B,H,W,C_out].
+
+    Fields:
+      dim: channels at full resolution; level i has dim * channel_mult[i] channels.
+      num_res_blocks: res blocks per level (one int for all levels, or one per level).
+      attn_levels / cross_attn_levels: level indices (0 = full resolution) with self-attention over pixels and
+        text tokens / explicit cross-attention to the text.
+      out_channels: 3 for RGB.
+      lowres_cond: super-resolution stage; __call__ then needs `lowres` (the upsampled low-res image) and
+        `aug_log_snr` (the noise-conditioning augmentation level).
+      remat: rematerialise each res block in the backward pass (trades compute for activation memory).
+      dtype: compute dtype (parameters stay float32).
+    """
+
+    dim: int = 32
+    channel_mult: Sequence[int] = (1, 2, 4)
+    num_res_blocks: int | Sequence[int] = 2
+    attn_levels: Sequence[int] = (2,)
+    cross_attn_levels: Sequence[int] = ()
+    head_dim: int = 32
+    cond_dim: int = 128
+    out_channels: int = 3
+    lowres_cond: bool = False
+    dropout: float = 0.0
+    remat: bool = False
+    dtype: str = "float32"
+
+    def _blocks_per_level(self) -> tuple[int, ...]:
+        levels = len(self.channel_mult)
+        blocks = self.num_res_blocks
+        blocks = (blocks,) * levels if isinstance(blocks, int) else tuple(blocks)
+        if len(blocks) != levels:
+            raise ValueError(
+                f"num_res_blocks has {len(blocks)} entries but channel_mult has {levels} levels."
+            )
+        for name, chosen in (
+            ("attn_levels", self.attn_levels),
+            ("cross_attn_levels", self.cross_attn_levels),
+        ):
+            if any(not 0 <= i < levels for i in chosen):
+                raise ValueError(f"{name}={tuple(chosen)} names a level outside 0..{levels - 1}.")
+        return blocks
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        log_snr: jax.Array,
+        text: jax.Array,
+        text_mask: jax.Array,
+        drop_text: jax.Array | None = None,
+        *,
+        lowres: jax.Array | None = None,
+        aug_log_snr: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
+        blocks = self._blocks_per_level()
+        if x.shape[1] % 2 ** (len(blocks) - 1) or x.shape[2] % 2 ** (len(blocks) - 1):
+            raise ValueError(
+                f"Image side {x.shape[1]}x{x.shape[2]} must be divisible by "
+                f"2**{len(blocks) - 1} for {len(blocks)} U-Net levels."
+            )
+        dtype = self.dtype
+        batch = x.shape[0]
+        text_mask = text_mask.astype(bool)
+        if drop_text is not None:  # classifier-free guidance: a dropped prompt has no tokens at all
+            text_mask = text_mask & ~drop_text[:, None]
+        has_text = jnp.any(text_mask, axis=1)
+
+        # Conditioning vector: noise level + pooled text (+ augmentation level).
+        cond = layers.log_snr_embedding(log_snr, self.cond_dim)
+        cond = layers.dense(self.cond_dim, dtype=dtype, name="time_mlp_0")(cond)
+        cond = layers.dense(self.cond_dim, dtype=dtype, name="time_mlp_1")(nn.silu(cond))
+        text = layers.layer_norm(dtype, name="text_norm")(text.astype(dtype))
+        text = layers.dense(self.cond_dim, dtype=dtype, name="text_proj")(text)
+        pooled = layers.AttentionPool(dtype=dtype, name="text_pool")(text, text_mask)
+        null_pooled = self.param(
+            "null_pooled_text",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
+            (self.cond_dim,),
+        )
+        pooled = jnp.where(has_text[:, None], pooled, null_pooled.astype(pooled.dtype))
+        cond = cond + layers.dense(self.cond_dim, dtype=dtype, name="pooled_text_mlp")(pooled)
+        if self.lowres_cond:
+            if lowres is None or aug_log_snr is None:
+                raise ValueError("A super-resolution U-Net needs `lowres` and `aug_log_snr`.")
+            aug = layers.log_snr_embedding(aug_log_snr, self.cond_dim)
+            cond = cond + layers.dense(self.cond_dim, dtype=dtype, name="aug_mlp")(aug)
+            x = jnp.concatenate([x, lowres.astype(x.dtype)], axis=-1)
+        elif lowres is not None:
+            raise ValueError("`lowres` was given to a U-Net built without lowres_cond.")
+        cond = cond.astype(dtype)
+
+        res_block = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
+
+        def attend(h: jax.Array, level: int, tag: str) -> jax.Array:
+            if level in self.attn_levels:
+                h = layers.AttentionBlock(self.head_dim, dtype=dtype, name=f"{tag}_attn")(h, text, text_mask)
+            if level in self.cross_attn_levels:
+                h = layers.AttentionBlock(
+                    self.head_dim, text_only=True, dtype=dtype, name=f"{tag}_cross_attn"
+                )(h, text, text_mask)
+            return h
+
+        h = layers.conv(self.dim, dtype=dtype, name="conv_in")(x.astype(dtype))
+        skips = []
+        for level, (mult, count) in enumerate(zip(self.channel_mult, blocks, strict=True)):
+            features = self.dim * mult
+            if level > 0:  # Efficient U-Net: downsample before the convolutions
+                h = layers.Downsample(features, dtype=dtype, name=f"down{level}_resample")(h)
+            for i in range(count):
+                h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
+                skips.append(h)
+            h = attend(h, level, f"down{level}")
+
+        mid = self.dim * self.channel_mult[-1]
+        h = res_block(mid, self.dropout, dtype, name="mid_block0")(h, cond, train)
+        h = layers.AttentionBlock(self.head_dim, dtype=dtype, name="mid_attn")(h, text, text_mask)
+        h = res_block(mid, self.dropout, dtype, name="mid_block1")(h, cond, train)
+
+        for level in reversed(range(len(blocks))):
+            features = self.dim * self.channel_mult[level]
+            for i in range(blocks[level]):
+                h = jnp.concatenate([h, skips.pop() * SKIP_SCALE], axis=-1)
+                h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
+            h = attend(h, level, f"up{level}")
+            if level > 0:  # Efficient U-Net: upsample after the convolutions
+                h = layers.Upsample(
+                    self.dim * self.channel_mult[level - 1], dtype=dtype, name=f"up{level}_resample"
+                )(h)
+
+        h = nn.silu(layers.group_norm(h.shape[-1], dtype, name="norm_out")(h))
+        out = layers.conv(self.out_channels, zero_init=True, dtype=dtype, name="conv_out")(h)
+        assert out.shape[0] == batch
+        return out.astype(jnp.float32)

@@ -41,10 +41,10 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
     sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
         raise MeshConfigError(
-            f"At most one of mesh.{{data,fsdp,tensor}} may be -1, got {dict(zip(MESH_AXES, sizes))}."
+            f"At most one of mesh.{{data,fsdp,tensor}} may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}."
         )
     if any(s == 0 or s < -1 for s in sizes):
-        raise MeshConfigError(f"Mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
+        raise MeshConfigError(f"Mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes, strict=True))}.")
     fixed = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % fixed:
@@ -54,7 +54,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
         sizes[sizes.index(-1)] = num_devices // fixed
     if math.prod(sizes) != num_devices:
         raise MeshConfigError(
-            f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"Mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {math.prod(sizes)} devices, "
             f"but {num_devices} are available; set one axis to -1 to fill the rest."
         )
     return tuple(sizes)

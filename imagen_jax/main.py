@@ -9,14 +9,11 @@ import sys
 
 from imagen_jax import workdir as workdir_lib
 
-MODES = ("train", "sample", "eval", "describe")
-
 
 def _run(config, workdir: str, prompts: list[str]) -> None:
     from imagen_jax import experiment, sample
 
-    if config.mode not in MODES:
-        raise workdir_lib.UserError(f"config.mode={config.mode!r} is not a mode; choose one of {MODES}.")
+    workdir_lib.check_config(config, prompts)
     if config.mode in ("eval", "describe"):
         raise workdir_lib.UserError(
             f"mode={config.mode!r} is not available in this version; use train or sample."
@@ -31,9 +28,9 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
             return
         params = state.ema_params
     else:
+        step = workdir_lib.require_checkpoint(workdir)  # before building anything in the workdir
         exp = experiment.build(config, workdir)
         checkpointer = exp.checkpointer()
-        step = workdir_lib.require_checkpoint(checkpointer, workdir)
         state, _ = exp.restore(checkpointer, step)
         checkpointer.close()
         params = state.ema_params

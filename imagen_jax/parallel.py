@@ -44,7 +44,9 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
             f"At most one of mesh.{{data,fsdp,tensor}} may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}."
         )
     if any(s == 0 or s < -1 for s in sizes):
-        raise MeshConfigError(f"Mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes, strict=True))}.")
+        raise MeshConfigError(
+            f"Mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes, strict=True))}."
+        )
     fixed = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % fixed:

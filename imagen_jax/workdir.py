@@ -144,12 +144,56 @@ def prepare_for_training(workdir: str, config: ml_collections.ConfigDict) -> Non
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def require_checkpoint(checkpointer, workdir: str) -> int:
-    """The latest checkpoint step, or a clear error when the workdir was never trained."""
-    step = checkpointer.latest_step()
-    if step is None:
+def require_checkpoint(workdir: str) -> int:
+    """The latest complete checkpoint step in the workdir, or a clear error when it was never trained.
+
+    Orbax names a checkpoint still being written '<step>.orbax-checkpoint-tmp-*', so only finished ones count.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    steps = [
+        int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else []) if name.isdigit()
+    ]
+    if not steps:
         raise UserError(
             f"{workdir} has no checkpoint to sample from: train it first "
             f"(python -m imagen_jax.main --config <config> --workdir {workdir})."
         )
-    return step
+    return max(steps)
+
+
+SAMPLERS = ("ancestral", "ddim", "dpmpp_2m", "heun")
+THRESHOLDING = ("none", "static", "dynamic")
+
+
+def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
+    """Checks at the door what would otherwise fail only after training: one clear message per problem."""
+    modes = ("train", "sample", "eval", "describe")
+    if config.mode not in modes:
+        raise UserError(f"config.mode={config.mode!r} is not a mode; choose one of {modes}.")
+    train, sample = config.train, config.sample
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        minimum = 0 if key == "steps" else 1
+        if int(train[key]) < minimum:
+            raise UserError(f"train.{key}={train[key]} must be >= {minimum}.")
+    sample_prompts = list(prompts) or list(sample.prompts)
+    if not sample_prompts:
+        raise UserError(
+            "sample.prompts is empty: give at least one prompt, e.g. "
+            "--config.sample.prompts='(\"a large red circle at the top\",)' or --prompt '...'."
+        )
+    blank = [i for i, p in enumerate(sample_prompts) if not str(p).strip()]
+    if blank:
+        raise UserError(f"Prompt number {blank[0] + 1} is empty; every prompt to sample needs some text.")
+    if sample.sampler not in SAMPLERS:
+        raise UserError(f"sample.sampler={sample.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
+    if sample.thresholding not in THRESHOLDING:
+        raise UserError(f"sample.thresholding={sample.thresholding!r}; choose one of {THRESHOLDING}.")
+    if sample.thresholding == "dynamic":
+        from imagen_jax.diffusion.guidance import check_percentile
+
+        try:
+            check_percentile(sample.dynamic_threshold_percentile)
+        except ValueError as err:
+            raise UserError(f"sample.dynamic_threshold_percentile: {err}") from err
+    if int(sample.steps) < 1 or int(sample.num_per_prompt) < 1:
+        raise UserError("sample.steps and sample.num_per_prompt must be >= 1.")

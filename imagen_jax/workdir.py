@@ -85,7 +85,7 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
                 f"Config file {file_path} does not exist; pass e.g. --config configs/quickstart.py."
             )
         config_flags.DEFINE_config_file(
-            "config", None, "Experiment config file.", flag_values=values, lock_config=True
+            "config", None, "Experiment config file.", flag_values=values, lock_config=True, sys_argv=argv
         )
     else:
         saved = saved_config(workdir)
@@ -95,7 +95,12 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
                 "run whose saved config could be used."
             )
         config_flags.DEFINE_config_dict(
-            "config", saved, "The workdir's saved config.", flag_values=values, lock_config=True
+            "config",
+            saved,
+            "The workdir's saved config.",
+            flag_values=values,
+            lock_config=True,
+            sys_argv=argv,
         )
     try:
         values(argv)

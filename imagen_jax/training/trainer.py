@@ -1,4 +1,5 @@
-"""The training loop shared by every family: sharded jit step, metrics, progress, checkpoints, resume, SIGTERM."""
+"""The training loop shared by every family: sharded jit step, metrics and throughput, checkpoints, resume,
+preemption (SIGTERM) and the stop after too many non-finite steps."""
 
 import signal
 import time
@@ -6,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from imagen_jax import parallel
@@ -15,27 +17,100 @@ from imagen_jax.training.logging import MetricWriter
 
 PyTree = Any
 
+# Dense bf16 peak FLOP/s of one JAX device, by a substring of jax.Device.device_kind (first match wins). A TPU v2/v3
+# device is one core (half a chip); from v4 on a device is a chip. GPUs: the SXM parts unless named.
+PEAK_FLOPS_BY_DEVICE_KIND: tuple[tuple[str, float], ...] = (
+    ("TPU v2", 22.5e12),
+    ("TPU v3", 61.5e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5", 459e12),  # v5p
+    ("TPU v6 lite", 918e12),  # v6e (Trillium)
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
+
+
+class NonFiniteError(ValueError):
+    """Training met train.max_nonfinite_steps non-finite steps in a row (main prints the message as one line)."""
+
+
+def peak_flops_per_device(configured: float, device_kind: str) -> float | None:
+    """FLOP/s one device can do at best: train.peak_flops_per_device if > 0, else the table's entry for the
+    device kind, else None (e.g. CPUs), in which case no model FLOP utilisation is reported."""
+    if configured and configured > 0:
+        return float(configured)
+    for name, peak in PEAK_FLOPS_BY_DEVICE_KIND:
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of one call of a compiled (SPMD) computation on one device, as XLA's cost analysis counts them
+    (backward pass, optimizer and any rematerialisation included), or None when the backend does not say."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(analysis, list | tuple):  # older JAX: one dict per computation
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (it then checkpoints and exits cleanly)."""
+    """Whether to stop for a preemption, decided at the same step on every process.
+
+    One process: SIGTERM sets a flag that the loop checks between steps. Several processes: JAX's preemption
+    service (started by jax.distributed.initialize, which catches SIGTERM) lets every process agree on the step
+    after the latest one any of them reached, so they all stop and save the same step.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._multi = jax.process_count() > 1
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. some test runners): no handler
-            self._previous = None
+        if not self._multi:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): no handler
+                self._previous = None
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def should_stop(self, step: int) -> bool:
+        """Call once per step, with the number of steps done, on every process."""
+        if self._multi:
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+class _NonFiniteCounter:
+    """Counts the steps whose update was skipped for a NaN/inf (the step metric "nonfinite")."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak, self.first, self.in_window = limit, 0, None, 0
+
+    def add(self, step: int, nonfinite: Any) -> bool:
+        """Records step `step`'s flag; True when `limit` (> 0) skipped steps in a row are reached."""
+        if float(np.asarray(nonfinite)) > 0:
+            self.first = step if self.streak == 0 else self.first
+            self.streak += 1
+            self.in_window += 1
+        else:
+            self.streak = 0
+        return 0 < self.limit <= self.streak
 
 
 def _record(exp: Experiment, step: int) -> dict[str, Any]:
@@ -48,12 +123,15 @@ def _record(exp: Experiment, step: int) -> dict[str, Any]:
 
 
 def train(exp: Experiment) -> tuple[PyTree, int, bool]:
-    """Trains to config.train.steps, resuming from the latest checkpoint in the workdir.
+    """Trains to config.train.steps, resuming from the latest complete checkpoint in the workdir.
 
-    Returns (state, step reached, preempted). Saves every train.checkpoint_every steps and at the end.
+    Returns (state, step reached, preempted). Saves every train.checkpoint_every steps and at the end. Raises
+    NonFiniteError, after waiting for the saves in flight and saving nothing more, when train.max_nonfinite_steps
+    steps in a row had a NaN/inf loss or gradient (their updates are skipped by the family's train_step).
     """
     config, train_config = exp.config, exp.config.train
     checkpointer = exp.checkpointer()
+    checkpointer.set_aside_incomplete()
     writer = MetricWriter(exp.workdir, enabled=jax.process_index() == 0)
     latest = checkpointer.latest_step()
     if latest is None:
@@ -64,26 +142,43 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
         writer.truncate_after(start)
         print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
 
-    batch_size = train_config.batch_size
+    batch_size, micro_steps = train_config.batch_size, int(train_config.get("grad_accum_steps", 1))
+    per_device = parallel.per_device_batch(batch_size, exp.mesh, micro_steps)
+    micro_note = f" in {micro_steps} micro-batches of {per_device // micro_steps}" if micro_steps > 1 else ""
     print(
         f"mesh {dict(exp.mesh.shape)}, {jax.process_count()} process(es), {jax.device_count()} device(s), "
-        f"global batch {batch_size}, per-device batch {parallel.per_device_batch(batch_size, exp.mesh)}"
+        f"global batch {batch_size}, per-device batch {per_device}{micro_note}",
+        flush=True,
     )
     batch_keys = ("images", "text_embeddings", "text_mask")
     batch_shardings = {
         k: parallel.batch_sharding(exp.mesh, nd) for k, nd in zip(batch_keys, (4, 3, 2), strict=True)
     }
+    step_rng = jax.random.key(config.seed + 1)
     train_step = jax.jit(
-        exp.family.train_step,
-        in_shardings=(exp.state_shardings, batch_shardings, parallel.replicated(exp.mesh)),
+        # The step's key is fold_in(step_rng, step) with the step taken from the state, so it is the same on
+        # every process and after a resume.
+        lambda state, batch: exp.family.train_step(state, batch, jax.random.fold_in(step_rng, state.step)),
+        in_shardings=(exp.state_shardings, batch_shardings),
         out_shardings=(exp.state_shardings, parallel.replicated(exp.mesh)),
         donate_argnums=(0,),
     )
-    step_rng = jax.random.key(config.seed + 1)
     batches = pipeline.train_batches(exp.dataset, batch_size, start)
 
-    step, preempted = start, False
-    window_start, window_steps = time.perf_counter(), 0
+    def next_batch() -> dict[str, jax.Array]:
+        local = next(batches)
+        embeddings, mask = exp.text_encoder.encode(local["captions"])
+        arrays = {
+            "images": local["images"],
+            "text_embeddings": np.asarray(embeddings),
+            "text_mask": np.asarray(mask),
+        }
+        return parallel.global_batch(arrays, exp.mesh)
+
+    compiled, flops_per_step, peak = None, None, None
+    nonfinite = _NonFiniteCounter(int(train_config.get("max_nonfinite_steps", 0)))
+    step, preempted, stopped, saved_step = start, False, False, start
+    pending = None  # (step, device "nonfinite" flag) of the last step, read once the next step is queued
     progress = tqdm(
         total=train_config.steps,
         initial=start,
@@ -92,42 +187,87 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
         dynamic_ncols=True,
         disable=jax.process_index() != 0,
     )
-    with _Preemption() as preemption:
-        while step < train_config.steps:
-            local = next(batches)
-            embeddings, mask = exp.text_encoder.encode(local["captions"])
-            batch = parallel.global_batch(
-                {
-                    "images": local["images"],
-                    "text_embeddings": np.asarray(embeddings),
-                    "text_mask": np.asarray(mask),
-                },
-                exp.mesh,
-            )
-            state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
-            step += 1
-            window_steps += 1
-            progress.update(1)
-            if step % train_config.log_every == 0 or step == train_config.steps:
-                metrics = jax.device_get(metrics)
-                elapsed = time.perf_counter() - window_start
-                metrics["images_per_sec"] = window_steps * batch_size / max(elapsed, 1e-9)
-                writer.write(step, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_sec']:.1f}")
-                window_start, window_steps = time.perf_counter(), 0
-            if preemption.requested:
-                preempted = True
-                break
-            if step % train_config.checkpoint_every == 0 or step == train_config.steps:
-                checkpointer.save(step, state, _record(exp, step))
-    progress.close()
-    if preempted or checkpointer.latest_step() != step:
-        checkpointer.save(step, state, _record(exp, step))
-    checkpointer.close()
-    writer.close()
+    try:
+        with _Preemption() as preemption:
+            while step < train_config.steps:
+                batch = next_batch()
+                if compiled is None:
+                    compiled = train_step.lower(state, batch).compile()
+                    flops_per_step = compiled_flops(compiled)
+                    peak = peak_flops_per_device(
+                        float(train_config.get("peak_flops_per_device", 0.0)), jax.devices()[0].device_kind
+                    )
+                    _print_flops(flops_per_step, peak)
+                    window_start, window_steps = time.perf_counter(), 0
+                state, metrics = compiled(state, batch)
+                step += 1
+                window_steps += 1
+                progress.update(1)
+                # Reading the previous step's flag keeps one step queued on the devices while the host waits.
+                if pending is not None and nonfinite.add(*pending):
+                    stopped = True
+                    break
+                pending = (step, metrics["nonfinite"])
+                if step % train_config.log_every == 0 or step == train_config.steps:
+                    metrics = jax.device_get(metrics)
+                    if nonfinite.add(*pending):
+                        stopped = True
+                        break
+                    pending = None
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    metrics["images_per_sec"] = window_steps * batch_size / elapsed
+                    metrics["nonfinite_steps"] = nonfinite.in_window
+                    if flops_per_step is not None:
+                        metrics["flops_per_sec"] = (
+                            flops_per_step * jax.device_count() * window_steps / elapsed
+                        )
+                        if peak is not None:
+                            metrics["mfu"] = metrics["flops_per_sec"] / (peak * jax.device_count())
+                    writer.write(step, metrics)
+                    progress.set_postfix(
+                        loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_sec']:.1f}"
+                    )
+                    window_start, window_steps, nonfinite.in_window = time.perf_counter(), 0, 0
+                if preemption.should_stop(step):
+                    preempted = True
+                    break
+                if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+                    checkpointer.save(step, state, _record(exp, step))
+                    saved_step = step
+            if pending is not None and not stopped and nonfinite.add(*pending):
+                stopped = True
+        if saved_step != step and not stopped:  # what this run saved, not what is on disk: saves are async
+            checkpointer.save(step, state, _record(exp, step))
+    finally:
+        progress.close()
+        checkpointer.close()  # waits for the saves in flight
+        writer.close()
+    if stopped:
+        last = checkpointer.latest_step()
+        raise NonFiniteError(
+            f"Stopped at step {step}: the loss or gradients were NaN/inf in {nonfinite.streak} steps in a row "
+            f"(steps {nonfinite.first}-{nonfinite.first + nonfinite.streak - 1}, updates skipped; "
+            f"train.max_nonfinite_steps={nonfinite.limit}). Nothing more was saved; the last checkpoint is at "
+            f"step {last} in {checkpointer.directory}. Lower train.learning_rate or check the data, then resume."
+        )
     if preempted:
         print(
             f"SIGTERM received: saved a checkpoint at step {step} in {checkpointer.directory}; "
             "run the same command again to resume."
         )
     return state, step, preempted
+
+
+def _print_flops(flops_per_step: float | None, peak: float | None) -> None:
+    if flops_per_step is None:
+        print("FLOPs per step: not reported by this backend (no flops_per_sec / mfu metrics).", flush=True)
+        return
+    peak_note = (
+        f"peak {peak / 1e12:.4g} TFLOP/s per device, so mfu is reported"
+        if peak
+        else "peak unknown for this device (set train.peak_flops_per_device for mfu)"
+    )
+    print(
+        f"FLOPs per step: {flops_per_step / 1e9:.4g} GFLOP per device (XLA cost analysis); {peak_note}.",
+        flush=True,
+    )

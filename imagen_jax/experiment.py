@@ -54,7 +54,11 @@ class Experiment:
 
     def checkpointer(self) -> Checkpointer:
         train = self.config.train
-        return Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=train.keep_checkpoints)
+        return Checkpointer(
+            os.path.join(self.workdir, "checkpoints"),
+            keep=train.keep_checkpoints,
+            keep_period=train.get("keep_every", 0),
+        )
 
     def restore(self, checkpointer: Checkpointer, step: int) -> tuple[state_lib.TrainState, dict]:
         return checkpointer.restore(step, abstract_like(self.state_shapes, self.state_shardings))

@@ -11,7 +11,9 @@ from imagen_jax import workdir as workdir_lib
 
 
 def _run(config, workdir: str, prompts: list[str]) -> None:
-    from imagen_jax import experiment, sample
+    from imagen_jax import experiment, parallel, sample
+
+    parallel.initialize_distributed(config.get("distributed"))  # multi-host runs; before any other JAX use
 
     workdir_lib.check_config(config, prompts)
     if config.mode in ("eval", "describe"):

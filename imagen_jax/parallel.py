@@ -1,10 +1,12 @@
-"""Device mesh, logical-axis rules and shardings: the same code on 1 CPU, 8 simulated devices or a pod.
+"""Multi-process start-up, device mesh, logical-axis rules and shardings: one code path for 1 CPU, 8 simulated
+devices or a pod.
 
 Parameters are annotated with logical axis names where they are created (models/layers.py, text/t5.py);
 LOGICAL_AXIS_RULES below is the one table that maps them onto the mesh axes (data, fsdp, tensor).
 """
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +36,86 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 class MeshConfigError(ValueError):
     """The requested mesh does not fit the available devices."""
+
+
+class DistributedInitError(ValueError):
+    """jax.distributed could not be initialised with the given settings (printed by main as one line)."""
+
+
+def _detected_cluster() -> str | None:
+    """The multi-process environment JAX's own auto-detection recognises (slurm, gce_tpu, gke_tpu, ompi, k8s), or
+    None. Uses JAX's cluster registry, the one jax.distributed.initialize() consults."""
+    try:
+        from jax._src import clusters
+    except ImportError:  # pragma: no cover - the registry moved; fall back to explicit settings only
+        return None
+    for env in clusters.ClusterEnv._cluster_types:
+        if env.opt_in_only_method:
+            continue
+        try:
+            if env.is_env_present():
+                return env.name or env.__name__
+        except Exception:  # a half-configured environment is "not present", as JAX treats it
+            continue
+    return None
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value.strip() else -1
+    except ValueError as err:
+        raise DistributedInitError(f"{name}={value!r} must be an integer.") from err
+
+
+def initialize_distributed(dist_config: ml_collections.ConfigDict | None) -> bool:
+    """Joins a multi-process (multi-host) run with jax.distributed.initialize; call it before any other JAX use.
+
+    dist_config (config.distributed) keys; an empty string or -1 means "from the environment":
+      initialize: "auto" (join when an address or process count is given, or JAX detects a SLURM / Open MPI /
+        Cloud TPU / Kubernetes job), "always" (plain jax.distributed.initialize() with what is given), "never";
+      coordinator_address: "host:port" of process 0 (else $JAX_COORDINATOR_ADDRESS, else the cluster's);
+      num_processes, process_id: (else $JAX_NUM_PROCESSES / $JAX_PROCESS_ID, else the cluster's).
+    Returns True when this process runs multi-controller JAX (joined here or before), False for a single process.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    dist = dist_config if dist_config is not None else ml_collections.ConfigDict()
+    mode = str(dist.get("initialize", "auto"))
+    if mode not in ("auto", "always", "never"):
+        raise DistributedInitError(f"distributed.initialize={mode!r}; choose one of auto, always, never.")
+    if mode == "never":
+        return False
+    address = str(dist.get("coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", ""))
+    num_processes = int(dist.get("num_processes", -1))
+    num_processes = num_processes if num_processes > 0 else _env_int("JAX_NUM_PROCESSES")
+    process_id = int(dist.get("process_id", -1))
+    process_id = process_id if process_id >= 0 else _env_int("JAX_PROCESS_ID")
+    cluster = _detected_cluster()
+    if mode == "auto" and not (address or num_processes > 1 or cluster):
+        return False  # a plain single-process run
+    kwargs = {
+        "coordinator_address": address or None,
+        "num_processes": num_processes if num_processes > 0 else None,
+        "process_id": process_id if process_id >= 0 else None,
+    }
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as err:  # jax raises ValueError, RuntimeError or XlaRuntimeError (e.g. a timeout)
+        given = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None) or "nothing given"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedInitError(
+            f"jax.distributed.initialize failed ({given}; detected cluster: {cluster or 'none'}): {first}. "
+            "Set distributed.coordinator_address (host:port of process 0), distributed.num_processes and "
+            "distributed.process_id, or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID "
+            "environment variables; distributed.initialize=never runs a single process."
+        ) from err
+    print(
+        f"jax.distributed: process {jax.process_index()} of {jax.process_count()}"
+        f" (coordinator {address or 'from the cluster'}, cluster: {cluster or 'none'})",
+        flush=True,
+    )
+    return True
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
@@ -113,12 +195,25 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     }
 
 
-def per_device_batch(global_batch_size: int, mesh: Mesh) -> int:
-    """Examples per device; the global batch must split evenly over data x fsdp."""
+def per_device_batch(global_batch_size: int, mesh: Mesh, micro_steps: int = 1) -> int:
+    """Examples per device per step; the global batch must split evenly over data x fsdp x micro-steps
+    (train.grad_accum_steps), so that every micro-batch is itself split evenly over the devices."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if global_batch_size % shards or global_batch_size % jax.process_count():
+    if micro_steps < 1:
+        raise MeshConfigError(f"train.grad_accum_steps={micro_steps} must be >= 1.")
+    if global_batch_size % (shards * micro_steps) or global_batch_size % jax.process_count():
         raise MeshConfigError(
-            f"train.batch_size={global_batch_size} must be divisible by data x fsdp = {shards} "
-            f"and by the process count {jax.process_count()}."
+            f"train.batch_size={global_batch_size} must be divisible by data x fsdp = {shards}"
+            + (f" x train.grad_accum_steps = {shards * micro_steps}" if micro_steps > 1 else "")
+            + f" and by the process count {jax.process_count()}."
         )
     return global_batch_size // shards
+
+
+def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
+    """Bytes of `tree`'s arrays held on each of this process's devices, summed over their addressable shards."""
+    held: dict[jax.Device, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+    return held

@@ -1,4 +1,5 @@
-"""Mesh construction, logical-axis shardings, and equality of sharded and unsharded training."""
+"""Mesh construction, logical-axis shardings, multi-process start-up settings, per-device memory, and equality of
+sharded and unsharded training, checkpoints and samples."""
 
 import flax.linen as nn
 import jax
@@ -12,6 +13,7 @@ from configs import quickstart
 from imagen_jax import parallel
 from imagen_jax.models.family import get_family
 from imagen_jax.training import state as state_lib
+from imagen_jax.training.checkpoint import Checkpointer, abstract_like
 
 
 def _mesh_config(data, fsdp, tensor):
@@ -45,10 +47,20 @@ def test_logical_rules_shard_divisible_dimensions_only():
     assert shardings["plain"].is_fully_replicated
 
 
-def _train(mesh, steps=3):
+def _tiny_wide_config() -> ml_collections.ConfigDict:
     config = quickstart.get_config("tiny")
     config.model.dim = 16  # wide enough for fsdp and tensor axes of size 2 to split every kernel
-    family = get_family(config)
+    return config
+
+
+def _abstract_state(family, example):
+    return jax.eval_shape(
+        lambda r: state_lib.create(family.init(r, example), family.make_optimizer()), jax.random.key(0)
+    )
+
+
+def _train(mesh, steps=3):
+    family = get_family(_tiny_wide_config())
     rng = np.random.default_rng(0)
     batches = [
         {
@@ -59,9 +71,7 @@ def _train(mesh, steps=3):
         for _ in range(steps)
     ]
     example = {k: jnp.asarray(v[:1]) for k, v in batches[0].items()}
-    boxed = jax.eval_shape(
-        lambda r: state_lib.create(family.init(r, example), family.make_optimizer()), jax.random.key(0)
-    )
+    boxed = _abstract_state(family, example)
     shardings = parallel.logical_shardings(boxed, mesh)
     state = jax.jit(
         lambda r: nn.meta.unbox(state_lib.create(family.init(r, example), family.make_optimizer())),
@@ -80,13 +90,99 @@ def _train(mesh, steps=3):
     return losses, state
 
 
-def test_eight_devices_match_one_device():
+@pytest.fixture(scope="module")
+def trained_on_eight():
+    """(losses, state) after 3 steps on 8 devices with data=2, fsdp=2, tensor=2."""
+    return _train(parallel.make_mesh(_mesh_config(2, 2, 2)))
+
+
+def test_eight_devices_match_one_device(trained_on_eight):
     one = parallel.make_mesh(_mesh_config(1, 1, 1), devices=jax.devices()[:1])
-    eight = parallel.make_mesh(_mesh_config(2, 2, 2))
     losses_1, state_1 = _train(one)
-    losses_8, state_8 = _train(eight)
+    losses_8, state_8 = trained_on_eight
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(state_1.params), jax.tree.leaves(state_8.params), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
     sharded = [leaf for leaf in jax.tree.leaves(state_8.params) if not leaf.sharding.is_fully_replicated]
     assert sharded, "nothing was sharded over fsdp/tensor"
+
+
+def test_checkpoint_from_eight_devices_restores_on_one_and_samples_the_same(trained_on_eight, tmp_path):
+    _, state_8 = trained_on_eight
+    family = get_family(_tiny_wide_config())
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=1)
+    ckpt.save(3, state_8, {"data": {"next_step": 3}})
+    ckpt.wait()
+    one = parallel.make_mesh(_mesh_config(1, 1, 1), devices=jax.devices()[:1])
+    example = {
+        "images": jnp.zeros((1, 16, 16, 3)),
+        "text_embeddings": jnp.zeros((1, 6, 16)),
+        "text_mask": jnp.ones((1, 6), bool),
+    }
+    boxed = _abstract_state(family, example)
+    state_1, _ = ckpt.restore(3, abstract_like(nn.meta.unbox(boxed), parallel.logical_shardings(boxed, one)))
+    ckpt.close()
+    assert all(leaf.sharding.device_set == {jax.devices()[0]} for leaf in jax.tree.leaves(state_1))
+    rng = np.random.default_rng(1)
+    embeddings = jnp.asarray(rng.normal(size=(4, 6, 16)), jnp.float32)
+    mask = jnp.asarray(np.arange(6)[None] < np.array([[2], [6], [4], [1]]))
+    generate = jax.jit(lambda p, e, m: family.generate(p, e, m, jax.random.key(9), steps=3, sampler="ddim"))
+    samples_8 = np.asarray(generate(state_8.ema_params, embeddings, mask))
+    samples_1 = np.asarray(generate(state_1.ema_params, embeddings, mask))
+    assert samples_1.shape == (4, 16, 16, 3) and np.std(samples_1) > 0.05
+    np.testing.assert_allclose(samples_1, samples_8, atol=1e-4)
+
+
+def test_fsdp_eight_holds_at_most_a_sixth_of_params_and_optimizer_state_per_device():
+    config = quickstart.get_config("tiny")
+    family = get_family(config)
+    example = {
+        "images": jnp.zeros((1, 16, 16, 3)),
+        "text_embeddings": jnp.zeros((1, 6, config.text.t5.d_model)),
+        "text_mask": jnp.ones((1, 6), bool),
+    }
+    boxed = _abstract_state(family, example)
+    mesh = parallel.make_mesh(_mesh_config(1, 8, 1))
+    state = jax.jit(
+        lambda r: nn.meta.unbox(state_lib.create(family.init(r, example), family.make_optimizer())),
+        out_shardings=parallel.logical_shardings(boxed, mesh),
+    )(jax.random.key(0))
+    tree = (state.params, state.opt_state)
+    unsharded = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+    held = parallel.bytes_per_device(tree)
+    assert set(held) == set(jax.devices())
+    assert max(held.values()) <= unsharded / 6, (max(held.values()), unsharded)
+    assert sum(held.values()) >= unsharded  # every byte lives somewhere (replicated leaves count 8 times)
+    replicated = parallel.bytes_per_device(jax.device_put(tree, jax.devices()[0]))
+    assert replicated == {jax.devices()[0]: unsharded}
+
+
+def test_per_device_batch_with_micro_steps():
+    mesh = parallel.make_mesh(_mesh_config(4, 2, 1))
+    assert parallel.per_device_batch(32, mesh) == 4
+    assert parallel.per_device_batch(32, mesh, micro_steps=2) == 4  # two micro-batches of 2 per device
+    with pytest.raises(parallel.MeshConfigError, match="grad_accum_steps = 32"):
+        parallel.per_device_batch(16, mesh, micro_steps=4)
+
+
+def test_initialize_distributed_settings(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(parallel, "_detected_cluster", lambda: None)
+    settings = lambda **kw: ml_collections.ConfigDict(
+        {"initialize": "auto", "coordinator_address": "", "num_processes": -1, "process_id": -1, **kw}
+    )
+    assert parallel.initialize_distributed(settings()) is False  # one process: nothing to join
+    assert parallel.initialize_distributed(None) is False
+    assert parallel.initialize_distributed(settings(initialize="never", num_processes=2)) is False
+    with pytest.raises(parallel.DistributedInitError, match="choose one of auto, always, never"):
+        parallel.initialize_distributed(settings(initialize="sometimes"))
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(parallel.DistributedInitError, match="JAX_NUM_PROCESSES='two'"):
+        parallel.initialize_distributed(settings())
+    monkeypatch.delenv("JAX_NUM_PROCESSES")
+    jax.devices()  # this process already runs JAX, so joining now fails; the error says what was given
+    with pytest.raises(parallel.DistributedInitError, match="coordinator_address=localhost:1.*process_id=1"):
+        parallel.initialize_distributed(
+            settings(coordinator_address="localhost:1", num_processes=2, process_id=1)
+        )

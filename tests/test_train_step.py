@@ -1,4 +1,9 @@
-"""The Imagen family's train step, the EMA, and checkpoint save/restore of the whole train state."""
+"""The Imagen family's train step (gradient accumulation, the non-finite guard), the EMA, checkpoint save/restore of
+the whole train state (incomplete checkpoints, keep-every), and the trainer's FLOP accounting."""
+
+import copy
+import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -11,7 +16,8 @@ from configs import quickstart
 from imagen_jax import parallel
 from imagen_jax.models.family import get_family
 from imagen_jax.training import state as state_lib
-from imagen_jax.training.checkpoint import Checkpointer, CheckpointError, abstract_like
+from imagen_jax.training import trainer
+from imagen_jax.training.checkpoint import COMMIT_FILE, Checkpointer, CheckpointError, abstract_like
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +37,15 @@ def setup():
     return config, family, batch, state
 
 
-def test_train_steps_reduce_the_loss_on_a_fixed_batch(setup):
+@pytest.fixture(scope="module")
+def jitted_step(setup):
+    """The family's train step, jitted once for the module (batch of 4)."""
+    return jax.jit(setup[1].train_step)
+
+
+def test_train_steps_reduce_the_loss_on_a_fixed_batch(setup, jitted_step):
     _, family, batch, state = setup
-    step = jax.jit(family.train_step)
+    step = jitted_step
     keys = jax.random.split(jax.random.key(7), 8)
     eval_loss = jax.jit(lambda p: jnp.mean(jax.vmap(lambda k: family.loss(p, batch, k))(keys)))
     before = float(eval_loss(state.params))
@@ -95,3 +107,111 @@ def test_damaged_checkpoint_is_reported_not_loaded(setup, tmp_path):
     with pytest.raises(CheckpointError, match="step 3.*Delete"):
         ckpt.restore(3, abstract_like(shapes, shardings))
     ckpt.close()
+
+
+def _tree_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_nonfinite_batch_leaves_the_state_unchanged_and_is_counted(setup, jitted_step):
+    _, _, batch, state = setup
+    state, metrics = jitted_step(state, batch, jax.random.key(1))  # a normal step first: Adam has moments
+    assert float(metrics["nonfinite"]) == 0.0
+    bad = dict(batch, images=batch["images"].at[0, 0, 0, 0].set(jnp.nan))
+    after, metrics = jitted_step(state, bad, jax.random.key(2))
+    assert float(metrics["nonfinite"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
+    assert int(after.step) == int(state.step) + 1  # the step (data position) advances ...
+    assert _tree_equal(after.params, state.params)  # ... nothing else does
+    assert _tree_equal(after.opt_state, state.opt_state)
+    assert _tree_equal(after.ema_params, state.ema_params)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(after))
+
+
+def test_accumulate_gradients_closed_form_and_rng_per_micro_batch():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+    y = jnp.arange(8.0)
+    w = jnp.array([0.5, -1.0, 2.0])
+
+    def loss(params, batch, rng):  # mean squared error, plus a term that only the rng decides
+        err = batch["x"] @ params - batch["y"]
+        return jnp.mean(err**2) + jax.random.uniform(rng)
+
+    rng = jax.random.key(3)
+    value, grad = state_lib.accumulate_gradients(loss, w, {"x": x, "y": y}, rng, 2)
+    np.testing.assert_allclose(grad, 2 * x.T @ (x @ w - y) / 8, rtol=1e-5)  # d/dw mean(err^2)
+    micro_rng = [float(jax.random.uniform(jax.random.fold_in(rng, j))) for j in range(2)]
+    np.testing.assert_allclose(value, jnp.mean((x @ w - y) ** 2) + np.mean(micro_rng), rtol=1e-5)
+
+
+def test_two_micro_steps_equal_one_big_step(setup):
+    """With a loss that does not depend on the rng (a fixed noise level and target per example), accumulating two
+    micro-batches of 2 gives the update of one batch of 4: loss, gradient norm, parameters and optimizer state."""
+    config, family, batch, state = setup
+    state = state.replace(step=jnp.ones_like(state.step))  # past the warm-up's zero learning rate
+
+    def deterministic_loss(params, batch, rng):
+        images = batch["images"]
+        log_snr = 3.0 * jnp.mean(images, axis=(1, 2, 3))  # per example, from its own pixels
+        pred = family.unet.apply(
+            {"params": params}, 0.7 * images, log_snr, batch["text_embeddings"], batch["text_mask"]
+        )
+        return jnp.mean((pred - images) ** 2)
+
+    results = []
+    for micro_steps in (1, 2):
+        accum_config = copy.deepcopy(config)
+        accum_config.train.grad_accum_steps = micro_steps
+        accum_family = get_family(accum_config)
+        accum_family.loss = deterministic_loss
+        results.append(jax.jit(accum_family.train_step)(state, batch, jax.random.key(5)))
+    (one, m1), (two, m2) = results
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    assert not _tree_equal(one.params, state.params)  # the step did move the parameters
+
+
+def test_incomplete_checkpoint_is_ignored_then_set_aside(setup, tmp_path):
+    _, _, _, state = setup
+    directory = tmp_path / "ckpt"
+    ckpt = Checkpointer(str(directory), keep=3)
+    ckpt.save(2, state, {"data": {"next_step": 2}})
+    ckpt.close()
+    # A copy cut short: the '4' folder has everything but the commit file Orbax writes last.
+    shutil.copytree(directory / "2", directory / "4")
+    os.remove(directory / "4" / COMMIT_FILE)
+    ckpt = Checkpointer(str(directory), keep=3)
+    assert ckpt.all_steps() == [2] and ckpt.latest_step() == 2
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    with pytest.raises(CheckpointError, match="step 4.*incomplete"):
+        ckpt.restore(4, abstract_like(shapes, shardings))
+    moved = ckpt.set_aside_incomplete()
+    assert moved == [str(directory / "4.incomplete")]
+    assert sorted(os.listdir(directory)) == ["2", "4.incomplete"]
+    ckpt.save(4, state, {"data": {"next_step": 4}})  # the step can be saved again
+    ckpt.close()
+    ckpt = Checkpointer(str(directory), keep=3)
+    assert ckpt.all_steps() == [2, 4]
+    ckpt.close()
+
+
+def test_keep_every_keeps_multiples_beyond_the_last_n(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=1, keep_period=4)
+    for step in (2, 4, 6, 8, 10):
+        ckpt.save(step, {"w": jnp.full((3,), float(step))}, {"data": {"next_step": step}})
+    ckpt.close()
+    assert sorted(int(name) for name in os.listdir(tmp_path / "ckpt")) == [4, 8, 10]
+
+
+def test_flops_from_the_compiled_step_and_peak_table():
+    m, k, n = 64, 32, 16
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert trainer.compiled_flops(compiled) == pytest.approx(2 * m * k * n, rel=0.05)
+    assert trainer.peak_flops_per_device(0.0, "TPU v4") == 275e12
+    assert trainer.peak_flops_per_device(0.0, "TPU v5 lite") == 197e12  # v5e, not v5p
+    assert trainer.peak_flops_per_device(0.0, "NVIDIA H100 PCIe") == 756e12
+    assert trainer.peak_flops_per_device(0.0, "NVIDIA H100 80GB HBM3") == 989e12
+    assert trainer.peak_flops_per_device(0.0, "cpu") is None
+    assert trainer.peak_flops_per_device(5e12, "cpu") == 5e12

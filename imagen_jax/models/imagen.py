@@ -84,19 +84,28 @@ class ImagenFamily:
     def train_step(
         self, state: state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array
     ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-        """One optimizer step on the diffusion loss, then the EMA update."""
-        loss, grads = jax.value_and_grad(self.loss)(state.params, batch, rng)
+        """One optimizer step on the diffusion loss, then the EMA update.
+
+        The batch [B, ...] is processed in train.grad_accum_steps micro-batches whose gradients are averaged
+        (state_lib.accumulate_gradients). A non-finite loss or gradient skips the update (metric nonfinite=1).
+        """
+        train = self.config.train
+        loss, grads = state_lib.accumulate_gradients(
+            self.loss, state.params, batch, rng, int(train.get("grad_accum_steps", 1))
+        )
         updates, opt_state = self.make_optimizer().update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema_params = state_lib.ema_update(state.ema_params, params, self.config.train.ema_decay)
-        metrics = {
-            "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": state_lib.learning_rate_schedule(self.config.train)(state.step),
-        }
+        ema_params = state_lib.ema_update(state.ema_params, params, train.ema_decay)
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
         )
+        new_state, nonfinite = state_lib.skip_nonfinite_update(state, new_state, loss, grads)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": state_lib.learning_rate_schedule(train)(state.step),
+            "nonfinite": nonfinite,
+        }
         return new_state, metrics
 
     def generate(

@@ -1,8 +1,11 @@
 """Orbax checkpoints: the train state plus a JSON record (config, data position) per step, saved atomically.
 
-Orbax writes each step into a temporary folder and renames it only once complete, so a save interrupted
-mid-write is never listed, let alone restored. Restoring takes abstract arrays carrying the *current* run's
-shardings, so a checkpoint written on one mesh restores onto any other.
+Orbax writes each step into '<step>.orbax-checkpoint-tmp-*' and renames it to '<step>' only after writing
+'<step>/commit_success.txt', so a save interrupted mid-write is never listed. A '<step>' folder without that
+file (a copy cut short, a file system without atomic rename) is not listed either, and a training run moves it
+aside to '<step>.incomplete' so the step can be saved again. Saves are asynchronous: `save` returns once the
+arrays are copied off the devices, and the writing overlaps the next training steps. Restoring takes abstract
+arrays carrying the *current* run's shardings, so a checkpoint written on one mesh restores onto any other.
 """
 
 import os
@@ -10,6 +13,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+COMMIT_FILE = "commit_success.txt"  # written by Orbax as the last file of a finished checkpoint
 
 PyTree = Any
 
@@ -18,8 +24,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read."""
 
 
+def is_complete(step_dir: str) -> bool:
+    """Whether a '<step>' checkpoint folder was finished by Orbax (its commit file exists)."""
+    return os.path.isfile(os.path.join(step_dir, COMMIT_FILE))
+
+
 class Checkpointer:
-    """Keeps the last `keep` checkpoints (plus every `keep_period`-th step if given) under `directory`."""
+    """Keeps the last `keep` checkpoints, plus every one whose step is a multiple of `keep_period` (if > 0),
+    under `directory`; lists and restores only complete ones."""
 
     def __init__(self, directory: str, *, keep: int, keep_period: int | None = None, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -31,11 +43,39 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "record"))
 
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        """Steps of the complete checkpoints, ascending."""
+        return sorted(
+            s for s in self._manager.all_steps() if is_complete(os.path.join(self.directory, str(s)))
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def set_aside_incomplete(self) -> list[str]:
+        """Renames '<step>' folders without a commit file to '<step>.incomplete[-n]' (process 0; all processes
+        wait for it), so they are never restored and their step can be saved again. Returns the new paths.
+
+        Only the training run, the one writer of the directory, calls this: a reader could mistake a save in
+        progress on a file system without atomic rename for an interrupted one.
+        """
+        moved = []
+        if jax.process_index() == 0:
+            for name in sorted(os.listdir(self.directory)):
+                path = os.path.join(self.directory, name)
+                if name.isdigit() and os.path.isdir(path) and not is_complete(path):
+                    target, n = f"{path}.incomplete", 1
+                    while os.path.exists(target):
+                        target, n = f"{path}.incomplete-{n}", n + 1
+                    os.rename(path, target)
+                    moved.append(target)
+                    print(f"Ignoring the incomplete checkpoint {path} (no {COMMIT_FILE}); moved it to {target}.")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("imagen_jax.checkpoint.set_aside_incomplete")
+        self._manager.reload()
+        return moved
 
     def save(self, step: int, state: PyTree, record: dict[str, Any]) -> None:
         """Start saving `state` and the JSON-able `record` at `step` (asynchronously; see wait)."""
@@ -51,6 +91,12 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]]:
         """(state, record) at `step`; abstract_state holds jax.ShapeDtypeStruct leaves with target shardings."""
+        step_dir = os.path.join(self.directory, str(step))
+        if os.path.isdir(step_dir) and not is_complete(step_dir):
+            raise CheckpointError(
+                f"The checkpoint at step {step} in {self.directory} is incomplete (no {COMMIT_FILE}: its save "
+                f"was interrupted). Delete {step_dir} to use an earlier checkpoint."
+            )
         try:
             restored = self._manager.restore(
                 step,

@@ -28,9 +28,9 @@ def _inputs(batch=2, size=8, length=5, text_dim=12, seed=0):
     return x, log_snr, text, mask
 
 
-def _init_nonzero_output(model, args):
+def _init_nonzero_output(model, args, **kwargs):
     """Parameters with the zero-initialised output conv (and residual convs) randomised, so outputs depend on input."""
-    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(1), *args)["params"])
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(1), *args, **kwargs)["params"])
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(2), len(leaves))
     leaves = [leaf + 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys, strict=True)]
@@ -110,3 +110,71 @@ def test_bad_configuration_is_named():
         UNet(dim=8, channel_mult=(1, 2), num_res_blocks=(1, 1, 1)).init(jax.random.key(0), *_inputs())
     with pytest.raises(ValueError, match="divisible"):
         UNet(dim=8, channel_mult=(1, 2, 2, 2)).init(jax.random.key(0), *_inputs(size=4))
+
+
+def test_base_unet_resamples_after_down_blocks_and_before_up_blocks_without_skip_scaling():
+    """efficient=False is the base U-Net of App. F.1: down path resamples after a level's blocks, the up path
+    before them, and skips enter unscaled."""
+    model = UNet(**TINY, efficient=False)
+    args = _inputs()
+    params = _init_nonzero_output(model, args)
+    calls, inputs, outputs = [], {}, {}
+
+    def record(next_fun, call_args, call_kwargs, context):
+        out = next_fun(*call_args, **call_kwargs)
+        if context.method_name == "__call__" and len(context.module.path) == 1:
+            calls.append(context.module.name)
+            inputs[context.module.name], outputs[context.module.name] = call_args[0], out
+        return out
+
+    with nn.intercept_methods(record):
+        model.apply({"params": params}, *args)
+    skip = outputs["down0_block0"]
+    np.testing.assert_array_equal(np.asarray(inputs["up0_block0"][..., -skip.shape[-1] :]), np.asarray(skip))
+    assert calls.index("down0_block0") < calls.index("down1_resample") < calls.index("down1_block0")
+    assert calls.index("up1_block0") < calls.index("up1_resample") < calls.index("up0_block0")
+    assert outputs["down0_block0"].shape[1] == 2 * outputs["down1_block0"].shape[1]
+    assert inputs["up0_block0"].shape[1] == 2 * inputs["up1_block0"].shape[1]
+
+
+def _sr_inputs():
+    x, log_snr, text, mask = _inputs()
+    lowres = jax.random.normal(jax.random.key(7), x.shape)
+    return (x, log_snr, text, mask), lowres, jnp.array([-2.0, 3.0])
+
+
+def test_super_resolution_output_depends_on_lowres_image_and_augmentation_level():
+    model = UNet(**TINY, lowres_cond=True)
+    args, lowres, aug = _sr_inputs()
+    params = _init_nonzero_output(model, args, lowres=lowres, aug_log_snr=aug)
+    assert params["conv_in"]["kernel"].shape[2] == 6  # x_t and the low-res image, channels stacked
+    apply = jax.jit(lambda p, lr, a: model.apply({"params": p}, *args, lowres=lr, aug_log_snr=a))
+    base = apply(params, lowres, aug)
+    assert base.shape == args[0].shape
+    other_lowres = apply(params, lowres.at[:, :4].set(0.0), aug)
+    other_aug = apply(params, lowres, aug + 1.0)
+    for changed in (other_lowres, other_aug):
+        per_example = jnp.abs(changed - base).max(axis=(1, 2, 3))
+        assert float(per_example.min()) > 1e-3
+    with pytest.raises(ValueError, match="needs `lowres` and `aug_log_snr`"):
+        model.apply({"params": params}, *args)
+    with pytest.raises(ValueError, match="upsampled"):
+        model.apply({"params": params}, *args, lowres=lowres[:, ::2, ::2], aug_log_snr=aug)
+    with pytest.raises(ValueError, match="without lowres_cond"):
+        UNet(**TINY).init(jax.random.key(0), *args, lowres=lowres, aug_log_snr=aug)
+
+
+def test_explicit_cross_attention_alone_sees_only_unmasked_tokens():
+    """The 1024 stage's layout: no self-attention anywhere, cross-attention at the lowest level only."""
+    model = UNet(**{**TINY, "attn_levels": (), "cross_attn_levels": (1,)})
+    x, log_snr, text, mask = _inputs()
+    params = _init_nonzero_output(model, (x, log_snr, text, mask))
+    assert "mid_cross_attn" in params and not any(k.endswith("_attn") and "cross" not in k for k in params)
+    garbage = jnp.where(mask[..., None], text, 50.0 * jax.random.normal(jax.random.key(4), text.shape))
+    apply = jax.jit(model.apply)
+    a = apply({"params": params}, x, log_snr, text, mask)
+    np.testing.assert_allclose(
+        np.asarray(a), np.asarray(apply({"params": params}, x, log_snr, garbage, mask)), atol=1e-5
+    )
+    unmasked = apply({"params": params}, x, log_snr, garbage, jnp.ones_like(mask))
+    assert float(jnp.abs(unmasked - a)[0].max()) > 1e-3  # example 0 has 2 padded tokens that now count

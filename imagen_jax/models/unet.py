@@ -1,9 +1,14 @@
-"""Efficient U-Net (Imagen App. B.1): a text-conditioned denoiser for base and super-resolution stages.
+"""Imagen's U-Nets in one module: the base U-Net (App. F.1) and the Efficient U-Net (App. B.1, F.2).
 
 Conditioning: log-SNR embedding + attention-pooled text (+ the augmentation level for SR stages) feed every
 res block through FiLM; text tokens join the keys/values of self-attention at `attn_levels` and are attended
-to explicitly at `cross_attn_levels`. As in the Efficient U-Net, the down path resamples BEFORE its
-convolutions, the up path AFTER them, and skip connections are scaled by 1/sqrt(2).
+to explicitly at `cross_attn_levels`. SR stages also see the (upsampled, noise-augmented) low-res image,
+concatenated to x_t as extra input channels.
+
+`efficient=True` (Efficient U-Net): the down path resamples BEFORE its convolutions, the up path AFTER them,
+and skip connections are scaled by 1/sqrt(2). `efficient=False` (base U-Net, as in Ho/Nichol-Dhariwal): the
+down path resamples AFTER a level's blocks, the up path BEFORE them, skips unscaled. Per-level channel
+multipliers and res-block counts express the Efficient U-Net's shift of parameters to low resolutions.
 """
 
 from collections.abc import Sequence
@@ -14,7 +19,7 @@ import jax.numpy as jnp
 
 from imagen_jax.models import layers
 
-SKIP_SCALE = 2**-0.5
+SKIP_SCALE = 2**-0.5  # Efficient U-Net skip connections; the base U-Net's are unscaled
 
 
 class UNet(nn.Module):
@@ -24,10 +29,14 @@ class UNet(nn.Module):
       dim: channels at full resolution; level i has dim * channel_mult[i] channels.
       num_res_blocks: res blocks per level (one int for all levels, or one per level).
       attn_levels / cross_attn_levels: level indices (0 = full resolution) with self-attention over pixels and
-        text tokens / explicit cross-attention to the text.
+        text tokens / explicit cross-attention to the text. The middle block attends as the deepest level does.
+      head_dim: channels per attention head.
+      cond_dim: width of the conditioning vector and of the projected text tokens.
       out_channels: 3 for RGB.
       lowres_cond: super-resolution stage; __call__ then needs `lowres` (the upsampled low-res image) and
         `aug_log_snr` (the noise-conditioning augmentation level).
+      efficient: Efficient U-Net resampling order and skip scaling (see the module docstring); False: base U-Net.
+      dropout: dropout rate inside res blocks (active when train=True).
       remat: rematerialise each res block in the backward pass (trades compute for activation memory).
       dtype: compute dtype (parameters stay float32).
     """
@@ -41,6 +50,7 @@ class UNet(nn.Module):
     cond_dim: int = 128
     out_channels: int = 3
     lowres_cond: bool = False
+    efficient: bool = True
     dropout: float = 0.0
     remat: bool = False
     dtype: str = "float32"
@@ -103,15 +113,24 @@ class UNet(nn.Module):
         cond = cond + layers.dense(self.cond_dim, dtype=dtype, name="pooled_text_mlp")(pooled)
         if self.lowres_cond:
             if lowres is None or aug_log_snr is None:
-                raise ValueError("A super-resolution U-Net needs `lowres` and `aug_log_snr`.")
+                raise ValueError(
+                    "A super-resolution U-Net (lowres_cond=True) needs `lowres` and `aug_log_snr`."
+                )
+            if lowres.shape[:3] != x.shape[:3]:
+                raise ValueError(
+                    f"`lowres` {lowres.shape} must be upsampled to the batch and size of x {x.shape} "
+                    "before it is given to the U-Net."
+                )
             aug = layers.log_snr_embedding(aug_log_snr, self.cond_dim)
             cond = cond + layers.dense(self.cond_dim, dtype=dtype, name="aug_mlp")(aug)
             x = jnp.concatenate([x, lowres.astype(x.dtype)], axis=-1)
-        elif lowres is not None:
-            raise ValueError("`lowres` was given to a U-Net built without lowres_cond.")
+        elif lowres is not None or aug_log_snr is not None:
+            raise ValueError("`lowres` / `aug_log_snr` were given to a U-Net built without lowres_cond.")
         cond = cond.astype(dtype)
 
         res_block = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
+        skip_scale = SKIP_SCALE if self.efficient else 1.0
+        last = len(blocks) - 1
 
         def attend(h: jax.Array, level: int, tag: str) -> jax.Array:
             if level in self.attn_levels:
@@ -126,25 +145,29 @@ class UNet(nn.Module):
         skips = []
         for level, (mult, count) in enumerate(zip(self.channel_mult, blocks, strict=True)):
             features = self.dim * mult
-            if level > 0:  # Efficient U-Net: downsample before the convolutions
+            if level > 0 and self.efficient:  # Efficient U-Net: downsample before the convolutions
                 h = layers.Downsample(features, dtype=dtype, name=f"down{level}_resample")(h)
             for i in range(count):
                 h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
                 skips.append(h)
             h = attend(h, level, f"down{level}")
+            if level < last and not self.efficient:  # base U-Net: downsample after the convolutions
+                h = layers.Downsample(features, dtype=dtype, name=f"down{level + 1}_resample")(h)
 
         mid = self.dim * self.channel_mult[-1]
         h = res_block(mid, self.dropout, dtype, name="mid_block0")(h, cond, train)
-        h = layers.AttentionBlock(self.head_dim, dtype=dtype, name="mid_attn")(h, text, text_mask)
+        h = attend(h, last, "mid")
         h = res_block(mid, self.dropout, dtype, name="mid_block1")(h, cond, train)
 
         for level in reversed(range(len(blocks))):
             features = self.dim * self.channel_mult[level]
+            if level < last and not self.efficient:  # base U-Net: upsample before the convolutions
+                h = layers.Upsample(h.shape[-1], dtype=dtype, name=f"up{level + 1}_resample")(h)
             for i in range(blocks[level]):
-                h = jnp.concatenate([h, skips.pop() * SKIP_SCALE], axis=-1)
+                h = jnp.concatenate([h, skips.pop() * skip_scale], axis=-1)
                 h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
             h = attend(h, level, f"up{level}")
-            if level > 0:  # Efficient U-Net: upsample after the convolutions
+            if level > 0 and self.efficient:  # Efficient U-Net: upsample after the convolutions
                 h = layers.Upsample(
                     self.dim * self.channel_mult[level - 1], dtype=dtype, name=f"up{level}_resample"
                 )(h)

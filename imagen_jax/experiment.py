@@ -15,7 +15,7 @@ from imagen_jax import parallel
 from imagen_jax.data import pipeline
 from imagen_jax.data.shapes import ShapesDataset
 from imagen_jax.models.family import Family, get_family
-from imagen_jax.text.encoder import TextEncoder, build_text_encoder
+from imagen_jax.text.encoder import PromptEncoder, build_text_encoder, text_cache_dir, with_cache
 from imagen_jax.training import state as state_lib
 from imagen_jax.training.checkpoint import Checkpointer, abstract_like
 
@@ -27,7 +27,7 @@ class Experiment:
     config: ml_collections.ConfigDict
     workdir: str
     dataset: ShapesDataset
-    text_encoder: TextEncoder
+    text_encoder: PromptEncoder
     family: Family
     mesh: Mesh
     state_shardings: PyTree  # NamedShardings, structure of the (unboxed) TrainState
@@ -67,7 +67,10 @@ class Experiment:
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Every component of the experiment described by `config`, for a run in `workdir`."""
     dataset = pipeline.build_dataset(config)
-    text_encoder = build_text_encoder(config.text, workdir, corpus=dataset.caption_corpus)
+    text_encoder = with_cache(  # embeddings precomputed by mode=encode_text are read instead of running T5
+        build_text_encoder(config.text, workdir, corpus=dataset.caption_corpus),
+        text_cache_dir(config.text, workdir),
+    )
     family = get_family(config)
     mesh = parallel.make_mesh(config.mesh)
     exp = Experiment(config, workdir, dataset, text_encoder, family, mesh, None, None)

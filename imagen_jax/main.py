@@ -1,7 +1,8 @@
 """The one entry point: python -m imagen_jax.main --config configs/<experiment>.py --workdir <dir> [--config.k=v]
 
 Modes (config.mode): train (resumes from the workdir's last checkpoint, then samples and judges), sample
-(reads a trained workdir back; its saved config is used when --config is omitted).
+(reads a trained workdir back; its saved config is used when --config is omitted), encode_text (precomputes
+the text embeddings of the dataset's captions into the cache that train and sample read).
 """
 
 import os
@@ -20,6 +21,10 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
         raise workdir_lib.UserError(
             f"mode={config.mode!r} is not available in this version; use train or sample."
         )
+    if config.mode == "encode_text":
+        workdir_lib.prepare_for_training(workdir, config)  # the cache belongs to this experiment's text encoder
+        _encode_text(config, workdir, prompts)
+        return
     if config.mode == "train":
         workdir_lib.prepare_for_training(workdir, config)
         exp = experiment.build(config, workdir)
@@ -45,6 +50,27 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
     print(sample.format_judge("judge accuracy", result["grid_judge"]))
     if "heldout_judge" in result:
         print(sample.format_judge("held-out judge accuracy", result["heldout_judge"]))
+
+
+def _encode_text(config, workdir: str, prompts: list[str]) -> None:
+    """Precomputes the T5 embeddings of the dataset's captions and the sampling prompts into the cache that
+    training and sampling then read (text.cache_dir, or <workdir>/text/cache)."""
+    from imagen_jax.data import pipeline
+    from imagen_jax.text import encoder as text_encoder
+
+    dataset = pipeline.build_dataset(config)
+    encoder = text_encoder.build_text_encoder(config.text, workdir, corpus=dataset.caption_corpus)
+    sample = config.sample
+    captions = [""] + list(prompts or sample.prompts) + dataset.caption_corpus()
+    if sample.judge_prompts:
+        captions += dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
+    directory = text_encoder.encode_captions_to_cache(
+        encoder, captions, text_encoder.text_cache_dir(config.text, workdir), config.text.encode_batch_size
+    )
+    print(
+        f"text embeddings: {len(set(captions))} distinct captions cached in {directory} "
+        f"({encoder.num_model_calls} encoder calls this run); training and sampling read them from there."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

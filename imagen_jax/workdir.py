@@ -172,7 +172,7 @@ THRESHOLDING = ("none", "static", "dynamic")
 
 def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
     """Checks at the door what would otherwise fail only after training: one clear message per problem."""
-    modes = ("train", "sample", "eval", "describe")
+    modes = ("train", "sample", "encode_text", "eval", "describe")
     if config.mode not in modes:
         raise UserError(f"config.mode={config.mode!r} is not a mode; choose one of {modes}.")
     train, sample = config.train, config.sample

@@ -124,3 +124,30 @@ def test_damaged_checkpoint_gives_one_line_and_keeps_the_run(trained, tmp_path, 
     assert code == 2
     assert "step 4" in err and "cannot be read" in err and len(err.strip().splitlines()) == 1
     assert (workdir / "checkpoints" / "2").exists()  # nothing was deleted or overwritten
+
+
+def test_encode_text_mode_fills_the_cache_that_training_reads(tmp_path, capsys):
+    from imagen_jax import experiment
+    from imagen_jax import workdir as workdir_lib
+    from imagen_jax.text.encoder import CachedTextEncoder
+
+    workdir = tmp_path / "wd"
+    code, out, err = _run(capsys, "--config", TINY, "--workdir", str(workdir), "--config.mode=encode_text")
+    assert code == 0, err
+    assert "distinct captions cached in" in out
+    config = workdir_lib.saved_config(str(workdir))
+    config.mode = "train"
+    exp = experiment.build(config, str(workdir))
+    assert isinstance(exp.text_encoder, CachedTextEncoder)
+    model = exp.text_encoder.encoder
+    prompts = [""] + list(config.sample.prompts) + exp.dataset.caption_corpus()[:100]
+    cached_embeddings, cached_mask = exp.text_encoder.encode(prompts)
+    assert model.num_model_calls == 0  # all read from the cache
+    embeddings, mask = model.encode(prompts)  # the same numbers from T5 itself
+    assert model.num_model_calls == 1
+    assert (cached_mask == mask).all()
+    assert abs(cached_embeddings - embeddings).max() < 1e-5
+    # a batch with one caption outside the cache runs T5 on that caption only
+    mixed_embeddings, _ = exp.text_encoder.encode([prompts[1], "a purple purple circle"])
+    assert model.num_model_calls == 2
+    assert abs(mixed_embeddings[0] - embeddings[1]).max() < 1e-5

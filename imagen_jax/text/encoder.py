@@ -338,10 +338,16 @@ class CachedTextEncoder:
 
     def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings float32 [B, L, D], mask bool [B, L]), the same values the encoder gives."""
-        missing = [p for p in prompts if p not in self.cache]
-        if not missing:
+        cached = np.array([p in self.cache for p in prompts], bool)
+        if cached.all():
             return self.cache.lookup(prompts)
-        embeddings, mask = self.encoder.encode(prompts)
+        if not cached.any():
+            return self.encoder.encode(prompts)
+        embeddings = np.zeros((len(prompts), self.max_length, self.dim), np.float32)
+        mask = np.zeros((len(prompts), self.max_length), bool)
+        hits, misses = np.flatnonzero(cached), np.flatnonzero(~cached)
+        embeddings[hits], mask[hits] = self.cache.lookup([prompts[i] for i in hits])
+        embeddings[misses], mask[misses] = self.encoder.encode([prompts[i] for i in misses])  # only these
         return embeddings, mask
 
 

@@ -94,6 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1: all remaining devices
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # CPU only: split the host CPU into this many JAX devices for a data-parallel mesh (XLA:CPU uses ~1.3 cores
+    # per step); -1: one per core (a divisor of the batch), 0: JAX's default single CPU device.
+    c.mesh.cpu_devices = -1
 
     c.distributed = ml_collections.ConfigDict()  # multi-process runs (parallel.initialize_distributed)
     c.distributed.initialize = "auto"  # auto: when an address is given or a SLURM/TPU/MPI job is detected

@@ -14,6 +14,10 @@ from imagen_jax import workdir as workdir_lib
 def _run(config, workdir: str, prompts: list[str]) -> None:
     from imagen_jax import experiment, parallel, sample
 
+    mesh, train = config.get("mesh", {}), config.train
+    parallel.split_host_cpu(  # one JAX device per CPU core, where the config asks; before JAX starts
+        int(mesh.get("cpu_devices", 0)), int(train.batch_size), int(train.get("grad_accum_steps", 1))
+    )
     parallel.initialize_distributed(config.get("distributed"))  # multi-host runs; before any other JAX use
 
     workdir_lib.check_config(config, prompts)

@@ -38,6 +38,29 @@ class MeshConfigError(ValueError):
     """The requested mesh does not fit the available devices."""
 
 
+def split_host_cpu(requested: int, batch_size: int, micro_steps: int = 1) -> int | None:
+    """Splits the host CPU into several JAX CPU devices before JAX starts: mesh.cpu_devices. Returns the count
+    set, or None when nothing was changed.
+
+    XLA:CPU runs one training step on about 1.3 cores, so on a CPU-only machine a data-parallel mesh over one
+    device per core is faster (1.6x for the quickstart on 2 cores, the same losses). requested: 0 leaves JAX's
+    default (one CPU device); n > 0 asks for n; -1 for one per core, the largest count <= os.cpu_count() that
+    divides the per-step micro-batch (batch_size / micro_steps). Accelerator devices are not affected. An
+    explicit --xla_force_host_platform_device_count in XLA_FLAGS wins, and once JAX has started (e.g. inside
+    the tests) the count can no longer change, so nothing is done then either.
+    """
+    if requested == 0 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    if requested < 0:
+        micro_batch = max(batch_size // max(micro_steps, 1), 1)
+        requested = max(n for n in range(1, (os.cpu_count() or 1) + 1) if micro_batch % n == 0)
+    try:
+        jax.config.update("jax_num_cpu_devices", int(requested))
+    except RuntimeError:  # JAX already started in this process
+        return None
+    return int(requested)
+
+
 class DistributedInitError(ValueError):
     """jax.distributed could not be initialised with the given settings (printed by main as one line)."""
 

@@ -67,10 +67,15 @@ class _Preemption:
     One process: SIGTERM sets a flag that the loop checks between steps. Several processes: JAX's preemption
     service (started by jax.distributed.initialize, which catches SIGTERM) lets every process agree on the step
     after the latest one any of them reached, so they all stop and save the same step.
+
+    The handler stays installed until the context exits, which the trainer does only once the final save is on
+    disk; after a preemption it is never removed, so a repeated SIGTERM (schedulers often send more than one)
+    cannot cut that save or the orderly exit short. SIGKILL, as ever, can: the last complete checkpoint serves.
     """
 
     def __init__(self):
         self.requested = False
+        self._installed = False
         self._previous = None
         self._multi = jax.process_count() > 1
 
@@ -78,8 +83,9 @@ class _Preemption:
         if not self._multi:
             try:
                 self._previous = signal.signal(signal.SIGTERM, self._handle)
+                self._installed = True
             except ValueError:  # not the main thread (e.g. some test runners): no handler
-                self._previous = None
+                self._installed = False
         return self
 
     def _handle(self, signum, frame):
@@ -92,7 +98,7 @@ class _Preemption:
         return self.requested
 
     def __exit__(self, *exc):
-        if self._previous is not None:
+        if self._installed and not self.requested:
             signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -114,12 +120,35 @@ class _NonFiniteCounter:
 
 
 def _record(exp: Experiment, step: int) -> dict[str, Any]:
-    """The JSON saved beside the arrays: the full config and where the data stream stands."""
+    """The JSON saved beside the arrays: the full config and where the data stream stands. The stream is a pure
+    function of (seed, step, process index, per-process batch), so these few numbers are its whole state."""
     return {
         "config": exp.config.to_dict(),
-        "data": {"next_step": step, "seed": exp.config.seed},
+        "data": {
+            "next_step": step,
+            "seed": exp.config.seed,
+            "batch_size": int(exp.config.train.batch_size),
+            "process_count": jax.process_count(),
+        },
         "text_encoder": exp.text_encoder.identity,
     }
+
+
+def _data_stream_note(record: dict[str, Any], exp: Experiment) -> str | None:
+    """Why a resumed run's batches differ from those the saved run would have drawn next, or None."""
+    data = record.get("data", {})
+    now = {
+        "seed": exp.config.seed,
+        "batch_size": int(exp.config.train.batch_size),
+        "process_count": jax.process_count(),
+    }
+    changed = [f"{k} {data[k]} -> {v}" for k, v in now.items() if k in data and data[k] != v]
+    if not changed:
+        return None
+    return (
+        f"Note: the data stream continues at step {data['next_step']}, but its batches differ from those of "
+        f"the saved run ({', '.join(changed)}), so this is not an exact continuation."
+    )
 
 
 def train(exp: Experiment) -> tuple[PyTree, int, bool]:
@@ -140,7 +169,10 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
         state, record = exp.restore(checkpointer, latest)
         start = int(record["data"]["next_step"])
         writer.truncate_after(start)
-        print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.")
+        print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.", flush=True)
+        note = _data_stream_note(record, exp)
+        if note:
+            print(note, flush=True)
 
     batch_size, micro_steps = train_config.batch_size, int(train_config.get("grad_accum_steps", 1))
     per_device = parallel.per_device_batch(batch_size, exp.mesh, micro_steps)
@@ -236,8 +268,10 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
                     saved_step = step
             if pending is not None and not stopped and nonfinite.add(*pending):
                 stopped = True
-        if saved_step != step and not stopped:  # what this run saved, not what is on disk: saves are async
-            checkpointer.save(step, state, _record(exp, step))
+            # What this run saved, not what is on disk: saves are async.
+            if saved_step != step and not stopped:
+                checkpointer.save(step, state, _record(exp, step))
+            checkpointer.wait()  # on disk before the SIGTERM handler is removed
     finally:
         progress.close()
         checkpointer.close()  # waits for the saves in flight
@@ -253,7 +287,8 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
     if preempted:
         print(
             f"SIGTERM received: saved a checkpoint at step {step} in {checkpointer.directory}; "
-            "run the same command again to resume."
+            "run the same command again to resume.",
+            flush=True,
         )
     return state, step, preempted
 

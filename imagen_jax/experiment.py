@@ -73,7 +73,9 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     )
     family = get_family(config)
     mesh = parallel.make_mesh(config.mesh)
-    exp = Experiment(config, workdir, dataset, text_encoder, family, mesh, None, None)
+    stage_dir = getattr(family, "stage_dir", "")  # a cascade stage keeps its checkpoints and metrics apart
+    run_dir = os.path.join(workdir, stage_dir) if stage_dir else workdir
+    exp = Experiment(config, run_dir, dataset, text_encoder, family, mesh, None, None)
     boxed = jax.eval_shape(exp._boxed_state, jax.random.key(0))
     exp.state_shardings = parallel.logical_shardings(boxed, mesh)
     exp.state_shapes = nn.meta.unbox(boxed)

@@ -5,6 +5,7 @@ Modes (config.mode): train (resumes from the workdir's last checkpoint, then sam
 the text embeddings of the dataset's captions into the cache that train and sample read).
 """
 
+import json
 import os
 import sys
 
@@ -21,7 +22,14 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
     parallel.initialize_distributed(config.get("distributed"))  # multi-host runs; before any other JAX use
 
     workdir_lib.check_config(config, prompts)
-    if config.mode in ("eval", "describe"):
+    if config.mode == "describe":  # sizes and costs of every stage, nothing trained or allocated
+        from imagen_jax.models.family import describe
+
+        for row in describe(config):
+            print(json.dumps(row), flush=True)
+        return
+    cascade = "stages" in config  # a cascade trains one stage per run and samples all of them
+    if config.mode == "eval":
         raise workdir_lib.UserError(
             f"mode={config.mode!r} is not available in this version; use train or sample."
         )
@@ -37,7 +45,13 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
         state, step, preempted = trainer.train(exp)
         if preempted:
             return
+        if cascade:
+            _sample_cascade(exp, prompts, stop=config.train_stage, after_training=True)
+            return
         params = state.ema_params
+    elif cascade:
+        _sample_cascade(experiment.build(config, workdir), prompts)
+        return
     else:
         step = workdir_lib.require_checkpoint(workdir)  # before building anything in the workdir
         exp = experiment.build(config, workdir)
@@ -75,6 +89,25 @@ def _encode_text(config, workdir: str, prompts: list[str]) -> None:
         f"text embeddings: {len(set(captions))} distinct captions cached in {directory} "
         f"({encoder.num_model_calls} encoder calls this run); training and sampling read them from there."
     )
+
+
+def _sample_cascade(exp, prompts: list[str], stop: str = "", after_training: bool = False) -> None:
+    """Samples the cascade up to `stop` and prints where every stage's PNG grid went. After training a stage
+    whose earlier stages are not trained yet, says so instead of failing."""
+    from imagen_jax import sample
+
+    try:
+        result = sample.sample_cascade(exp, prompts or None, stop=stop)
+    except sample.SamplingError as err:
+        if not after_training:
+            raise
+        print(f"No cascade samples yet: {err}")
+        return
+    for name, path in result["grids"].items():
+        print(f"stage {name} (step {result['steps'][name]}): {path}")
+    print(sample.format_judge(f"judge accuracy at stage {result['final_stage']}", result["grid_judge"]))
+    if "heldout_judge" in result:
+        print(sample.format_judge("held-out judge accuracy", result["heldout_judge"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ diffusion or data differ from the saved one is refused instead of silently mixin
 
 import json
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -16,7 +17,9 @@ from ml_collections import config_flags
 from imagen_jax.training.checkpoint import CheckpointError
 
 # Sections that define what is being trained; changing them mid-run would corrupt the experiment.
-FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion")
+FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "cascade", "stages")
+# ... except how a cascade stage samples (stages.<name>.sample.*), which may change between runs.
+_UNFROZEN = re.compile(r"stages\.[^.]+\.sample\.")
 
 
 class UserError(ValueError):
@@ -137,6 +140,7 @@ def prepare_for_training(workdir: str, config: ml_collections.ConfigDict) -> Non
             d
             for section in FROZEN_SECTIONS
             for d in _diff(saved_dict.get(section), current.get(section), f"{section}.")
+            if not _UNFROZEN.match(d)
         ]
         if changed:
             raise UserError(
@@ -189,16 +193,30 @@ def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
     blank = [i for i, p in enumerate(sample_prompts) if not str(p).strip()]
     if blank:
         raise UserError(f"Prompt number {blank[0] + 1} is empty; every prompt to sample needs some text.")
-    if sample.sampler not in SAMPLERS:
-        raise UserError(f"sample.sampler={sample.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
-    if sample.thresholding not in THRESHOLDING:
-        raise UserError(f"sample.thresholding={sample.thresholding!r}; choose one of {THRESHOLDING}.")
-    if sample.thresholding == "dynamic":
+    if int(sample.num_per_prompt) < 1:
+        raise UserError("sample.num_per_prompt must be >= 1.")
+    # A cascade (config.stages) says per stage how to sample; a single-stage config says it in config.sample.
+    sections = (
+        [(f"stages.{name}.sample", config.stages[name].sample) for name in config.stages]
+        if "stages" in config
+        else [("sample", sample)]
+    )
+    for where, how in sections:
+        _check_sampling(where, how)
+
+
+def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
+    """Checks one section of sampling settings (sampler, thresholding, steps)."""
+    if how.sampler not in SAMPLERS:
+        raise UserError(f"{where}.sampler={how.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
+    if how.thresholding not in THRESHOLDING:
+        raise UserError(f"{where}.thresholding={how.thresholding!r}; choose one of {THRESHOLDING}.")
+    if how.thresholding == "dynamic":
         from imagen_jax.diffusion.guidance import check_percentile
 
         try:
-            check_percentile(sample.dynamic_threshold_percentile)
+            check_percentile(how.dynamic_threshold_percentile)
         except ValueError as err:
-            raise UserError(f"sample.dynamic_threshold_percentile: {err}") from err
-    if int(sample.steps) < 1 or int(sample.num_per_prompt) < 1:
-        raise UserError("sample.steps and sample.num_per_prompt must be >= 1.")
+            raise UserError(f"{where}.dynamic_threshold_percentile: {err}") from err
+    if int(how.steps) < 1:
+        raise UserError(f"{where}.steps must be >= 1.")

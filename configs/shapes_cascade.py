@@ -1,0 +1,77 @@
+"""A two-stage cascade on the built-in shapes, CPU-sized: a 16x16 text-to-image base and a 16 -> 32 SR stage.
+
+Each run trains one stage in the same workdir (config.train_stage); sampling runs the whole cascade:
+python -m imagen_jax.main --config configs/shapes_cascade.py --workdir /tmp/sc --config.train_stage=base16
+python -m imagen_jax.main --config configs/shapes_cascade.py --workdir /tmp/sc --config.train_stage=sr32
+python -m imagen_jax.main --config.mode=sample --workdir /tmp/sc --prompt "a large red circle at the top"
+Tiny variant (8 -> 16, seconds): configs/shapes_cascade.py:tiny
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _sibling(name: str):
+    """Another config file of this folder, loaded by path (so it works from any working directory)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"imagen_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    quickstart = _sibling("quickstart")
+    c = quickstart.get_config("tiny" if arg == "tiny" else None)  # data, text, train, mesh, distributed
+    base_model, base_diffusion, base_sample = c.model, c.diffusion, c.sample
+    del c.model, c.diffusion
+    c.train_stage = "base16"
+    c.cascade = ("base16", "sr32")
+    c.data.image_size = 32
+    c.sample = _sibling("imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
+    c.sample.judge_prompts = base_sample.judge_prompts
+    how = lambda **extra: ml_collections.ConfigDict(
+        {k: base_sample[k] for k in ("sampler", "steps", "guidance_scale", "thresholding")}
+        | {"dynamic_threshold_percentile": base_sample.dynamic_threshold_percentile}
+        | extra
+    )
+
+    c.stages = ml_collections.ConfigDict()
+    c.stages.base16 = ml_collections.ConfigDict(
+        dict(
+            image_size=16,
+            lowres_size=0,
+            train_crop=0,
+            model=base_model,
+            diffusion=base_diffusion,
+            sample=how(),
+        )
+    )
+    c.stages.base16.model.efficient = True
+    sr_model = ml_collections.ConfigDict(base_model.to_dict())
+    sr_model.update(dict(dim=32, channel_mult=(1, 2, 4), num_res_blocks=(1, 2, 2), attn_levels=(2,)))
+    c.stages.sr32 = ml_collections.ConfigDict(
+        dict(
+            image_size=32,
+            lowres_size=16,
+            train_crop=24,  # random 24x24 crops of the 32x32 image, conditioned on their 12x12 low-res
+            model=sr_model,
+            diffusion=ml_collections.ConfigDict(base_diffusion.to_dict()),
+            augmentation=ml_collections.ConfigDict(dict(schedule="cosine", max_level=0.5)),
+            sample=how(steps=10, guidance_scale=1.0, aug_level=0.1),
+        )
+    )
+
+    if arg == "tiny":  # 8 -> 16 at tiny widths, seconds long, for tests
+        c.data.image_size = 16
+        c.cascade = ("base16", "sr32")
+        c.stages.base16.image_size = 8
+        c.stages.sr32.update(dict(image_size=16, lowres_size=8, train_crop=8))
+        c.stages.sr32.model.update(dict(dim=8, channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(1,)))
+        c.stages.sr32.model.update(dict(cross_attn_levels=(), head_dim=8, cond_dim=32))
+        c.stages.sr32.sample.steps = 2
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r}; use configs/shapes_cascade.py or :tiny")
+    return c

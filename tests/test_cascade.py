@@ -1,0 +1,191 @@
+"""The cascade: paper-sized parameter counts (abstractly), stage training inputs, sampling the whole cascade
+or part of it, and the command line training stage by stage, sampling every stage, refusing untrained ones."""
+
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import imagen_base64, imagen_sr256, imagen_sr1024, quickstart, shapes_cascade
+from imagen_jax.main import main
+from imagen_jax.models.imagen import ImagenFamily
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _abstract_unet_params(stage, text_length: int, text_dim: int) -> tuple[int, tuple[int, ...]]:
+    """(parameter count, output shape) of a stage's U-Net on one training crop, through jax.eval_shape only."""
+    crop = stage.train_crop
+    x = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)
+    scalar = jax.ShapeDtypeStruct((1,), jnp.float32)
+    text = jax.ShapeDtypeStruct((1, text_length, text_dim), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, text_length), jnp.bool_)
+    extra = {"lowres": x, "aug_log_snr": scalar} if stage.is_super_resolution else {}
+
+    def init_and_apply(*args, **kwargs):
+        params = stage.unet.init(jax.random.key(0), *args, **kwargs)
+        return params, stage.unet.apply(params, *args, **kwargs)
+
+    params, out = jax.eval_shape(init_and_apply, x, scalar, text, mask, **extra)
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nn.meta.unbox(params))), out.shape
+
+
+@pytest.mark.parametrize(
+    "module, stage, target",
+    [(imagen_base64, "base64", 2.0e9), (imagen_sr256, "sr256", 600e6), (imagen_sr1024, "sr1024", 400e6)],
+)
+def test_paper_stages_have_the_papers_parameter_counts(module, stage, target):
+    config = module.get_config()
+    family = ImagenFamily(config)
+    assert family.train_stage.name == stage
+    count, out_shape = _abstract_unet_params(
+        family.train_stage, config.text.max_length, config.text.t5.d_model
+    )
+    assert abs(count - target) / target < 0.10, (
+        f"{stage}: {count / 1e6:.1f}M parameters, paper {target / 1e6:.0f}M"
+    )
+    crop = family.train_stage.train_crop
+    assert out_shape == (1, crop, crop, 3)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [quickstart.get_config("tiny"), shapes_cascade.get_config("tiny"), imagen_base64.get_config("tiny")],
+    ids=["quickstart", "shapes_cascade", "imagen"],
+)
+def test_every_stage_of_every_tiny_config_has_the_right_output_shape(config):
+    for stage in ImagenFamily(config).stages:
+        _, out_shape = _abstract_unet_params(stage, config.text.max_length, config.text.t5.d_model)
+        assert out_shape == (1, stage.train_crop, stage.train_crop, 3), stage.name
+
+
+def test_sr_training_inputs_are_crops_with_their_own_downsampled_condition():
+    config = shapes_cascade.get_config()  # sr32: 32x32 images, 24x24 crops, 16/32 low-res scale
+    config.train_stage = "sr32"
+    config.stages.sr32.augmentation.max_level = 0.0  # no noise: the condition is exactly the low-res crop
+    family = ImagenFamily(config)
+    images = jax.random.uniform(jax.random.key(0), (3, 32, 32, 3), minval=-1, maxval=1)
+    x0, lowres, aug_log_snr = family.stage_inputs(images, jax.random.key(1))
+    assert x0.shape == lowres.shape == (3, 24, 24, 3) and aug_log_snr.shape == (3,)
+    offsets = []
+    for i in range(3):  # each crop is a window of its own image
+        hits = [
+            (r, c)
+            for r in range(9)
+            for c in range(9)
+            if np.allclose(np.asarray(images[i, r : r + 24, c : c + 24]), np.asarray(x0[i]))
+        ]
+        assert len(hits) == 1
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 1  # random per example
+    small = jax.image.resize(x0, (3, 12, 12, 3), "linear")
+    np.testing.assert_allclose(lowres, jax.image.resize(small, (3, 24, 24, 3), "linear"), atol=1e-6)
+    assert float(jnp.abs(lowres - x0).max()) > 0.1  # blurred: the SR stage has something to add
+
+
+def _random_params(family, stage_name, seed):
+    """Stage parameters with every leaf randomised (the zero-initialised output conv would make outputs 0)."""
+    stage = family.stage(stage_name)
+    crop = stage.image_size
+    x = jnp.zeros((1, crop, crop, 3))
+    extra = {"lowres": x, "aug_log_snr": jnp.zeros((1,))} if stage.is_super_resolution else {}
+    params = nn.meta.unbox(
+        stage.unet.init(
+            jax.random.key(seed), x, jnp.zeros((1,)), jnp.zeros((1, 4, 32)), jnp.ones((1, 4)), **extra
+        )
+    )["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    )
+
+
+def test_generate_cascade_chains_stages_and_can_start_or_stop_anywhere():
+    family = ImagenFamily(shapes_cascade.get_config("tiny"))  # base16: 8x8, sr32: 8 -> 16
+    params = {"base16": _random_params(family, "base16", 0), "sr32": _random_params(family, "sr32", 5)}
+    text = jax.random.normal(jax.random.key(2), (2, 4, 32))
+    mask = jnp.ones((2, 4), bool)
+    generate = jax.jit(family.generate_cascade, static_argnames=("start", "stop"))
+    out = generate(params, text, mask, jax.random.key(3))
+    assert out["base16"].shape == (2, 8, 8, 3) and out["sr32"].shape == (2, 16, 16, 3)
+    only_base = generate(params, text, mask, jax.random.key(3), stop="base16")
+    assert list(only_base) == ["base16"]
+    np.testing.assert_allclose(only_base["base16"], out["base16"], atol=1e-6)
+    # Starting at the SR stage from a given image: the same image gives the same result as the chained run.
+    from_image = generate(params, text, mask, jax.random.key(3), start="sr32", lowres=out["base16"])
+    assert list(from_image) == ["sr32"]
+    other = generate(params, text, mask, jax.random.key(3), start="sr32", lowres=-out["base16"])["sr32"]
+    assert float(jnp.abs(other - from_image["sr32"]).max()) > 1e-3  # the output depends on the low-res image
+    with pytest.raises(ValueError, match="needs a low-res image"):
+        family.generate_cascade(params, text, mask, jax.random.key(3), start="sr32")
+    with pytest.raises(ValueError, match="stop before"):
+        family.generate_cascade(params, text, mask, jax.random.key(3), start="sr32", stop="base16")
+
+
+def test_bad_cascades_are_named():
+    config = shapes_cascade.get_config("tiny")
+    config.stages.sr32.lowres_size = 4
+    with pytest.raises(ValueError, match="previous stage's image_size"):
+        ImagenFamily(config)
+    config = shapes_cascade.get_config("tiny")
+    config.train_stage = "sr64"
+    with pytest.raises(ValueError, match="not a stage"):
+        ImagenFamily(config)
+
+
+def _run(capsys, *args):
+    code = main(["imagen_jax.main", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cascade_end_to_end_stage_by_stage_on_the_command_line(tmp_path, capsys):
+    tiny = str(CONFIGS / "shapes_cascade.py") + ":tiny"
+    workdir = tmp_path / "wd"
+    fast = ("--config.train.steps=2", "--config.sample.judge_prompts=0")
+    code, out, err = _run(capsys, "--config", tiny, "--workdir", str(workdir), *fast)
+    assert code == 0, err
+    assert (workdir / "stages" / "base16" / "checkpoints" / "2").exists()
+    assert (workdir / "samples" / "cascade_base16.png").exists()  # sampled up to the stage just trained
+    # The SR stage was never trained: sampling the whole cascade is refused, naming it.
+    code, _, err = _run(capsys, "--workdir", str(workdir), "--config.mode=sample")
+    assert code == 2 and "'sr32'" in err and "never trained" in err and "--config.train_stage=sr32" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, err = _run(
+        capsys, "--config", tiny, "--workdir", str(workdir), "--config.train_stage=sr32", *fast
+    )
+    assert code == 0, err
+    assert (workdir / "stages" / "sr32" / "checkpoints" / "2").exists()
+    # After training the last stage the whole cascade is sampled: every stage's images are written.
+    assert "stage base16 (step 2)" in out and "stage sr32 (step 2)" in out
+    for name in ("base16", "sr32"):
+        assert (workdir / "samples" / f"cascade_{name}.png").exists()
+    # Super-resolving a user's own image: the cascade starts at the SR stage.
+    from PIL import Image
+
+    image = tmp_path / "mine.png"
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(image)
+    (workdir / "samples" / "cascade_sr32.png").unlink()
+    code, out, err = _run(
+        capsys,
+        "--workdir",
+        str(workdir),
+        "--config.mode=sample",
+        "--config.sample.start_stage=sr32",
+        f"--config.sample.lowres_image={image}",
+        "--prompt",
+        "a small red square",
+    )
+    assert code == 0, err
+    assert "stage sr32" in out and "stage base16" not in out
+    assert "a small red square" in (workdir / "samples" / "cascade_sr32.txt").read_text()
+    assert (workdir / "samples" / "cascade_sr32.png").exists()
+    # A different architecture is not mixed into the workdir; how a stage samples may change.
+    code, _, err = _run(
+        capsys, "--config", tiny, "--workdir", str(workdir), "--config.stages.sr32.model.dim=16"
+    )
+    assert code == 2 and "stages.sr32.model.dim" in err

@@ -147,7 +147,8 @@ def prepare_for_training(workdir: str, config: ml_collections.ConfigDict) -> Non
                 f"{workdir} holds a run of a different experiment ({'; '.join(changed[:4])}). "
                 "Use a new --workdir, or restore the original settings to resume it."
             )
-    tmp = os.path.join(workdir, "config.json.tmp")
+    # Per-process name: the processes of a multi-host run all write it at once.
+    tmp = os.path.join(workdir, f"config.json.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(config.to_json(indent=2))
     os.replace(tmp, os.path.join(workdir, "config.json"))

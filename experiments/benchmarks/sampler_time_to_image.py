@@ -12,7 +12,8 @@ quickstart workdir): ancestral 250 steps, DDIM 50, DPM-Solver++(2M) 20 and 25, H
     (imagen_jax.experiment.build + restore), generate one image for each of --num-prompts held-out prompts
     (dataset.prompts(split="holdout", seed=sample.seed), the set sample mode judges) with the config's guidance
     scale and thresholding and the sampler/steps overridden; every sampler sees the same prompts and the same
-    noise (same rng). The shapes judge (imagen_jax.evaluation.alignment) scores every image; each sampler is
+    noise (by default the very noise sample mode uses, so the config's own sampler reproduces the held-out
+    judge accuracy in <workdir>/samples/step_<N>.json). The shapes judge (imagen_jax.evaluation.alignment) scores every image; each sampler is
     compared with ancestral-250 on the same images' outcomes (paired: who wins where they disagree, exact
     two-sided sign-test p-value).
 
@@ -255,7 +256,8 @@ def benchmark_quality(args: argparse.Namespace) -> dict[str, Any]:
     exp, params, step = load_trained(args.workdir)
     config = exp.config
     prompts = exp.dataset.prompts(args.num_prompts, split="holdout", seed=config.sample.seed)
-    rng = jax.random.fold_in(jax.random.key(config.sample.seed), args.seed)
+    seed = config.sample.seed if args.seed is None else args.seed
+    rng = jax.random.fold_in(jax.random.key(seed), 1)  # sample_and_judge's held-out noise, for seed
     print(
         f"\n(b) quality: {args.workdir} step {step} (EMA), {config.data.image_size}x{config.data.image_size}, "
         f"{config.diffusion.prediction}-prediction, guidance {config.sample.guidance_scale}, "
@@ -332,7 +334,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quality-runs", type=parse_runs, default=None, help="default: --runs")
     parser.add_argument("--num-prompts", type=int, default=128, help="held-out prompts judged per sampler")
     parser.add_argument("--chunk", type=int, default=64, help="prompts per generate call (quality)")
-    parser.add_argument("--seed", type=int, default=0, help="folded into the workdir's sample.seed (quality)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="quality noise seed; default the workdir's sample.seed, whose noise (with --chunk 64) is the one "
+        "sample mode judges its held-out prompts with",
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs per sampler after the first (speed)"
     )

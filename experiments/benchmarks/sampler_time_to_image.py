@@ -258,10 +258,12 @@ def benchmark_quality(args: argparse.Namespace) -> dict[str, Any]:
     prompts = exp.dataset.prompts(args.num_prompts, split="holdout", seed=config.sample.seed)
     seed = config.sample.seed if args.seed is None else args.seed
     rng = jax.random.fold_in(jax.random.key(seed), 1)  # sample_and_judge's held-out noise, for seed
+    overrides = {} if args.quality_thresholding is None else {"thresholding": args.quality_thresholding}
+    thresholding = overrides.get("thresholding", config.sample.thresholding)
     print(
         f"\n(b) quality: {args.workdir} step {step} (EMA), {config.data.image_size}x{config.data.image_size}, "
         f"{config.diffusion.prediction}-prediction, guidance {config.sample.guidance_scale}, "
-        f"{config.sample.thresholding} thresholding, {len(prompts)} held-out prompts "
+        f"{thresholding} thresholding, {len(prompts)} held-out prompts "
         f"({len(set(prompts))} distinct), same noise for every sampler"
     )
     outcomes: dict[tuple[str, int], list[dict[str, bool]]] = {}
@@ -269,7 +271,7 @@ def benchmark_quality(args: argparse.Namespace) -> dict[str, Any]:
     for sampler, steps in args.runs:
         start = time.perf_counter()
         images = generate_for_prompts(
-            exp, params, prompts, rng, chunk=args.chunk, sampler=sampler, steps=steps
+            exp, params, prompts, rng, chunk=args.chunk, sampler=sampler, steps=steps, **overrides
         )
         seconds = time.perf_counter() - start
         scores = judge_scores(images, prompts)
@@ -308,7 +310,7 @@ def benchmark_quality(args: argparse.Namespace) -> dict[str, Any]:
         "prediction": config.diffusion.prediction,
         "schedule": config.diffusion.schedule,
         "guidance_scale": config.sample.guidance_scale,
-        "thresholding": config.sample.thresholding,
+        "thresholding": thresholding,
         "num_prompts": len(prompts),
         "distinct_prompts": len(set(prompts)),
         "runs": results,
@@ -355,7 +357,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--guidance", type=float, default=3.0, help="speed part: guidance scale (quickstart's)"
     )
-    parser.add_argument("--thresholding", default="dynamic", choices=("none", "static", "dynamic"))
+    parser.add_argument(
+        "--thresholding", default="dynamic", choices=("none", "static", "dynamic"), help="speed part"
+    )
+    parser.add_argument(
+        "--quality-thresholding",
+        default=None,
+        choices=("none", "static", "dynamic"),
+        help="quality part: override the workdir's sample.thresholding (an ablation)",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
     if args.skip_speed and args.skip_quality:

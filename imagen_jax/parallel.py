@@ -7,7 +7,7 @@ LOGICAL_AXIS_RULES below is the one table that maps them onto the mesh axes (dat
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -218,9 +218,42 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     }
 
 
+def batch_rows_by_process(
+    mesh: Mesh, global_batch_size: int, process_of: Callable[[jax.Device], int] | None = None
+) -> dict[int, set[int]]:
+    """{process index: the global batch rows its devices hold} under batch_sharding(mesh); process_of(device)
+    defaults to device.process_index."""
+    process_of = process_of or (lambda device: device.process_index)
+    indices = batch_sharding(mesh, 1).devices_indices_map((global_batch_size,))
+    rows: dict[int, set[int]] = {}
+    for device, (rows_slice,) in indices.items():
+        rows.setdefault(process_of(device), set()).update(range(global_batch_size)[rows_slice])
+    return rows
+
+
+def check_process_batches(
+    mesh: Mesh, global_batch_size: int, process_of: Callable[[jax.Device], int] | None = None
+) -> None:
+    """Raises MeshConfigError unless every process's devices hold their own global_batch_size / processes rows,
+    shared with no other process: each process feeds its own data, so rows held on two processes would get
+    different values (process-local batches become one global array only if they tile it)."""
+    rows = batch_rows_by_process(mesh, global_batch_size, process_of)
+    share = global_batch_size // max(len(rows), 1)
+    overlap = any(rows[a] & rows[b] for a in rows for b in rows if a < b)
+    if overlap or any(len(r) != share for r in rows.values()):
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        raise MeshConfigError(
+            f"Mesh {dict(mesh.shape)} puts the same batch rows on devices of different processes "
+            f"({len(rows)} processes, data x fsdp = {shards} batch shards), but every process reads its own "
+            "data. Make mesh.data x mesh.fsdp a multiple of the process count, with mesh.tensor no larger than "
+            "the devices of one process."
+        )
+
+
 def per_device_batch(global_batch_size: int, mesh: Mesh, micro_steps: int = 1) -> int:
     """Examples per device per step; the global batch must split evenly over data x fsdp x micro-steps
-    (train.grad_accum_steps), so that every micro-batch is itself split evenly over the devices."""
+    (train.grad_accum_steps), so that every micro-batch is itself split evenly over the devices, and into one
+    disjoint share per process (check_process_batches)."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if micro_steps < 1:
         raise MeshConfigError(f"train.grad_accum_steps={micro_steps} must be >= 1.")
@@ -230,6 +263,8 @@ def per_device_batch(global_batch_size: int, mesh: Mesh, micro_steps: int = 1) -
             + (f" x train.grad_accum_steps = {shards * micro_steps}" if micro_steps > 1 else "")
             + f" and by the process count {jax.process_count()}."
         )
+    if jax.process_count() > 1:
+        check_process_batches(mesh, global_batch_size)
     return global_batch_size // shards
 
 

@@ -186,3 +186,20 @@ def test_initialize_distributed_settings(monkeypatch):
         parallel.initialize_distributed(
             settings(coordinator_address="localhost:1", num_processes=2, process_id=1)
         )
+
+
+def test_each_process_must_hold_its_own_share_of_the_batch():
+    """Process-local batches tile the global batch only if no batch row sits on two processes' devices."""
+    blocks = lambda device: device.id // 4  # as on two hosts of 4 devices each
+    mesh = parallel.make_mesh(_mesh_config(1, 4, 2))
+    assert parallel.batch_rows_by_process(mesh, 8, blocks) == {0: {0, 1, 2, 3}, 1: {4, 5, 6, 7}}
+    parallel.check_process_batches(mesh, 8, blocks)
+    parallel.check_process_batches(parallel.make_mesh(_mesh_config(2, 2, 2)), 8, blocks)
+    with pytest.raises(parallel.MeshConfigError, match="same batch rows on devices of different processes"):
+        parallel.check_process_batches(
+            parallel.make_mesh(_mesh_config(1, 1, 8)), 8, blocks
+        )  # all rows on all
+    interleaved = lambda device: device.id % 2  # each (data) shard's two devices on different processes
+    with pytest.raises(parallel.MeshConfigError, match="mesh.data x mesh.fsdp a multiple"):
+        parallel.check_process_batches(parallel.make_mesh(_mesh_config(4, 1, 2)), 8, interleaved)
+    parallel.check_process_batches(parallel.make_mesh(_mesh_config(8, 1, 1)), 8, interleaved)

@@ -175,7 +175,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
     """Drop mesh axes from dimensions they do not divide evenly (those dimensions are replicated)."""
     fitted = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
@@ -194,7 +194,7 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) 
     mesh_specs = nn.logical_to_mesh(specs, rules)
     shapes = nn.meta.unbox(abstract_tree)
     return jax.tree.map(
-        lambda spec, leaf: NamedSharding(mesh, _fit_spec(spec, leaf.shape, mesh)),
+        lambda spec, leaf: NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh)),
         mesh_specs,
         shapes,
         is_leaf=lambda x: isinstance(x, PartitionSpec),

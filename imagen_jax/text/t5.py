@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from imagen_jax import parallel
+
 LOGICAL_AXES = ("vocab", "embed", "heads", "kv", "mlp", "relpos_buckets")
 FEED_FORWARD_PROJ = ("relu", "gelu", "gated-gelu", "gated-relu", "gated-silu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -245,23 +247,13 @@ def logical_partition_specs(config: T5Config):
     return nn.get_partition_spec(shapes)
 
 
-def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """Drops mesh axes from dimensions they do not divide (e.g. an odd tokenizer vocabulary): replicated."""
-    fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = math.prod(mesh.shape[n] for n in names)
-        fitted.append(axes if names and dim % size == 0 else None)
-    return PartitionSpec(*fitted)
-
-
 def param_shardings(config: T5Config, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> dict:
     """NamedShardings {"params": ...} from logical axis rules; axes that do not divide a dimension are dropped."""
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     boxed = jax.eval_shape(T5Encoder(config).init, jax.random.key(0), ids, ids)
     mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
     return jax.tree.map(
-        lambda spec, leaf: NamedSharding(mesh, _fit(spec, leaf.shape, mesh)),
+        lambda spec, leaf: NamedSharding(mesh, parallel.fit_spec(spec, leaf.shape, mesh)),
         mesh_specs,
         nn.meta.unbox(boxed),
         is_leaf=lambda x: isinstance(x, PartitionSpec),

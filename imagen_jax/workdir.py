@@ -212,12 +212,11 @@ def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
         raise UserError(f"{where}.sampler={how.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
     if how.thresholding not in THRESHOLDING:
         raise UserError(f"{where}.thresholding={how.thresholding!r}; choose one of {THRESHOLDING}.")
-    if how.thresholding == "dynamic":
-        from imagen_jax.diffusion.guidance import check_percentile
+    from imagen_jax.diffusion.guidance import check_percentile  # checked whatever the mode: a typo is a typo
 
-        try:
-            check_percentile(how.dynamic_threshold_percentile)
-        except ValueError as err:
-            raise UserError(f"{where}.dynamic_threshold_percentile: {err}") from err
+    try:
+        check_percentile(how.dynamic_threshold_percentile)
+    except ValueError as err:
+        raise UserError(f"{where}.dynamic_threshold_percentile: {err}") from err
     if int(how.steps) < 1:
         raise UserError(f"{where}.steps must be >= 1.")

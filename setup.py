@@ -32,6 +32,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8.0",
+            "pytest-xdist==3.8.0",  # the README's test command runs the test files on 2 workers
             # Reference implementations for parity tests; the CPU build of torch is cached locally.
             "torch==2.13.0",
             "transformers==5.23.0",

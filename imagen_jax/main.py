@@ -59,10 +59,7 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
         state, _ = exp.restore(checkpointer, step)
         checkpointer.close()
         params = state.ema_params
-    print(
-        f"Sampling with the EMA parameters at step {step} ({config.sample.sampler}, {config.sample.steps} steps, "
-        f"guidance {config.sample.guidance_scale}) ..."
-    )
+    print(f"Sampling with the EMA parameters at step {step} ({exp.family.sampling_summary()}) ...")
     result = sample.sample_and_judge(exp, params, step, prompts=prompts or None)
     print(f"samples: {result['grid']} (captions in {os.path.splitext(result['grid'])[0]}.txt)")
     print(sample.format_judge("judge accuracy", result["grid_judge"]))

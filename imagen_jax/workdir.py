@@ -196,6 +196,8 @@ def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
         raise UserError(f"Prompt number {blank[0] + 1} is empty; every prompt to sample needs some text.")
     if int(sample.num_per_prompt) < 1:
         raise UserError("sample.num_per_prompt must be >= 1.")
+    if config.family != "imagen":  # other families check their own sampling options (family.check_config)
+        return
     # A cascade (config.stages) says per stage how to sample; a single-stage config says it in config.sample.
     sections = (
         [(f"stages.{name}.sample", config.stages[name].sample) for name in config.stages]

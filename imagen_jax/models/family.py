@@ -5,6 +5,7 @@ A family is built from the experiment config and exposes pure functions over par
   make_optimizer() -> optax.GradientTransformation
   train_step(state, batch, rng) -> (state, metrics)
   generate(params, text_embeddings, text_mask, rng, **sampling options) -> images in [-1, 1]
+  sampling_summary() -> str   (the default sampling settings, for the console)
 A batch is a dict: images float32 [B,H,W,3] in [-1,1], text_embeddings float32 [B,L,D], text_mask bool [B,L].
 describe(config) reports each stage's size and cost from its compiled train step (mode=describe).
 """
@@ -38,6 +39,10 @@ class Family(Protocol):
     def generate(
         self, params: PyTree, text_embeddings: jax.Array, text_mask: jax.Array, rng: jax.Array, **options: Any
     ) -> jax.Array: ...
+
+    def sampling_summary(self) -> str:
+        """How generate samples by default, in a few words for the console (e.g. 'dpmpp_2m, 20 steps, ...')."""
+        ...
 
 
 def _imagen(config: ml_collections.ConfigDict) -> Family:

@@ -275,6 +275,14 @@ class ImagenFamily:
         """Images [B,H,W,3] in [-1,1] from the trained stage (see generate_stage; an SR stage needs lowres)."""
         return self.generate_stage(self.train_stage.name, params, text_embeddings, text_mask, rng, **options)
 
+    def sampling_summary(self) -> str:
+        """The trained stage's default sampler settings, e.g. 'dpmpp_2m, 20 steps, guidance 3.0, static'."""
+        sample = self.train_stage.section.sample
+        return (
+            f"{sample.sampler}, {sample.steps} steps, guidance {sample.guidance_scale}, "
+            f"{sample.thresholding} thresholding"
+        )
+
     def generate_stage(
         self,
         name: str,

@@ -144,12 +144,12 @@ def test_accumulate_gradients_closed_form_and_rng_per_micro_batch():
     np.testing.assert_allclose(value, jnp.mean((x @ w - y) ** 2) + np.mean(micro_rng), rtol=1e-5)
 
 
-def test_two_micro_steps_equal_one_big_step(setup):
+def test_two_micro_steps_equal_one_big_step(setup, jitted_step):
     """With a loss that does not depend on the rng (a fixed noise level and target per example), accumulating two
     micro-batches of 2 gives the update of one batch of 4: loss, gradient norm, parameters and optimizer state."""
     config, family, batch, state = setup
     # one real step first: the schedule follows the optimizer's own count, and its step 0 has learning rate 0
-    state, _ = jax.jit(family.train_step)(state, batch, jax.random.key(4))
+    state, _ = jitted_step(state, batch, jax.random.key(4))
 
     def deterministic_loss(params, batch, rng):
         images = batch["images"]

@@ -18,6 +18,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.max_objects = 1  # 1: one object with an absolute position; 2: also two-object scenes with a relation
     c.data.holdout_combinations = True  # reserve (colour, shape) pairs for evaluation only
+    # data.source = "tfds": a prepared TFDS dataset through the Grain pipeline (imagen_jax/data/pipeline.py)
+    c.data.tfds_name = "imagen_jax_shapes/32px"  # e.g. coco_captions, cifar10, mnist, imagen_jax_shapes/64px
+    c.data.tfds_data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.tfds_split = "train"
+    c.data.caption_template = ""  # class-labelled datasets; "": the dataset's ("a photo of a {label}")
+    c.data.shuffle_seed = -1  # -1: the config's seed
+    c.data.crop = "center"  # center | random | none: the square cut before resizing to image_size
+    c.data.random_flip = False  # mirror half the images, swapping "left" and "right" in their captions
+    c.data.worker_count = 0  # Grain worker processes; 0: this process (read_threads threads)
+    c.data.read_threads = 2
+    c.data.text_join = False  # the pipeline looks up each batch's text embeddings (cache of mode=encode_text)
 
     c.text = ml_collections.ConfigDict()
     c.text.pretrained_dir = ""  # a local Hugging Face T5 checkpoint directory; empty: the built-in encoder

@@ -18,8 +18,13 @@ from imagen_jax.training.checkpoint import CheckpointError
 
 # Sections that define what is being trained; changing them mid-run would corrupt the experiment.
 FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "cascade", "stages")
-# ... except how a cascade stage samples (stages.<name>.sample.*), which may change between runs.
-_UNFROZEN = re.compile(r"stages\.[^.]+\.sample\.")
+# ... except how a cascade stage samples (stages.<name>.sample.*), which may change between runs, how the data
+# is read (worker processes, threads, prefetching, where the embeddings are joined, where TFDS data lives), and
+# data.* keys added to the config since the saved run (which then used their defaults).
+_UNFROZEN = re.compile(
+    r"stages\.[^.]+\.sample\.|data\.(worker_count|read_threads|prefetch_batches|text_join|tfds_data_dir):|"
+    r"data\.\w+: None -> "
+)
 
 
 class UserError(ValueError):

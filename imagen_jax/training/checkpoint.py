@@ -8,9 +8,11 @@ arrays are copied off the devices, and the writing overlaps the next training st
 arrays carrying the *current* run's shardings, so a checkpoint written on one mesh restores onto any other.
 """
 
+import json
 import os
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -41,7 +43,9 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "record"))
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "record", "data")
+        )
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, ascending."""
@@ -77,13 +81,31 @@ class Checkpointer:
         self._manager.reload()
         return moved
 
-    def save(self, step: int, state: PyTree, record: dict[str, Any]) -> None:
-        """Start saving `state` and the JSON-able `record` at `step` (asynchronously; see wait)."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
-            force=True,
-        )
+    def save(self, step: int, state: PyTree, record: dict[str, Any], data_state: dict | None = None) -> None:
+        """Start saving `state` and the JSON-able `record` at `step` (asynchronously; see wait), and this
+        process's data-iterator state (a JSON-able dict, one file per process) when given."""
+        items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record)}
+        if data_state is not None:  # Grain's handler: <step>/data/process_<i>-of-<n>.json
+            items["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data_state))
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore_data(self, step: int) -> dict | None:
+        """This process's data-iterator state saved at `step`, or None when that checkpoint has none."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+            return None
+        receiver = _IteratorState(None)
+        try:
+            self._manager.restore(
+                step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(receiver))
+            )
+        except Exception as err:
+            raise CheckpointError(
+                f"The data-iterator state of checkpoint {step} in {self.directory} cannot be read for process "
+                f"{jax.process_index()} of {jax.process_count()} ({type(err).__name__}: {err}). A run resumes "
+                "with the process count it was saved with; delete the checkpoint's data/ folder to restart the "
+                "data stream at the checkpoint's step instead."
+            ) from err
+        return receiver.state
 
     def wait(self) -> None:
         """Block until every pending save is on disk."""
@@ -125,6 +147,23 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+class _IteratorState:
+    """A data-iterator state as Grain's checkpoint handler sees an iterator: frozen when the save starts (the
+    training loop advances the real iterator while the save is written), filled in by a restore."""
+
+    def __init__(self, state: dict | None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state, indent=1).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = json.loads(state)
+
+    def start_prefetch(self) -> None:
+        pass
 
 
 def abstract_like(shapes: PyTree, shardings: PyTree) -> PyTree:

@@ -163,11 +163,14 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
     checkpointer.set_aside_incomplete()
     writer = MetricWriter(exp.workdir, enabled=jax.process_index() == 0)
     latest = checkpointer.latest_step()
+    data_state = None  # the Grain iterator's saved state (TFDS data); the shapes stream needs only the step
     if latest is None:
         state, start = exp.init_state(jax.random.key(config.seed)), 0
     else:
         state, record = exp.restore(checkpointer, latest)
         start = int(record["data"]["next_step"])
+        if config.data.source != "shapes" and _data_stream_note(record, exp) is None:
+            data_state = checkpointer.restore_data(latest)
         writer.truncate_after(start)
         print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.", flush=True)
         note = _data_stream_note(record, exp)
@@ -195,11 +198,16 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
         out_shardings=(exp.state_shardings, parallel.replicated(exp.mesh)),
         donate_argnums=(0,),
     )
-    batches = pipeline.train_batches(exp.dataset, batch_size, start)
+    batches = pipeline.train_batches(
+        exp.dataset, batch_size, start, config, exp.text_encoder.encode, data_state
+    )
 
     def next_batch() -> dict[str, jax.Array]:
         local = next(batches)
-        embeddings, mask = exp.text_encoder.encode(local["captions"])
+        if "text_embeddings" in local:  # joined by the pipeline (data.text_join)
+            embeddings, mask = local["text_embeddings"], local["text_mask"]
+        else:
+            embeddings, mask = exp.text_encoder.encode(local["captions"])
         arrays = {
             "images": local["images"],
             "text_embeddings": np.asarray(embeddings),
@@ -264,13 +272,13 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
                     preempted = True
                     break
                 if step % train_config.checkpoint_every == 0 or step == train_config.steps:
-                    checkpointer.save(step, state, _record(exp, step))
+                    checkpointer.save(step, state, _record(exp, step), pipeline.iterator_state(batches))
                     saved_step = step
             if pending is not None and not stopped and nonfinite.add(*pending):
                 stopped = True
             # What this run saved, not what is on disk: saves are async.
             if saved_step != step and not stopped:
-                checkpointer.save(step, state, _record(exp, step))
+                checkpointer.save(step, state, _record(exp, step), pipeline.iterator_state(batches))
             checkpointer.wait()  # on disk before the SIGTERM handler is removed
     finally:
         progress.close()

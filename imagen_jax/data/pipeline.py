@@ -26,6 +26,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from imagen_jax.data.shapes import ShapesDataset
@@ -320,6 +321,8 @@ class GrainBatches:
             )
         )
         if self.spec.worker_count:
+            if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults, if none given)
+                flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.spec.worker_count))
         self._iterator = iter(ds)
 

@@ -35,7 +35,7 @@ SOURCES = ("shapes", "tfds")
 CROPS = ("center", "random", "none")  # square crop before resizing; "none" resizes the whole image (squashes)
 # Defaults of the optional data.* keys (a config may leave them out).
 DATA_DEFAULTS: dict[str, Any] = {
-    "tfds_name": "imagen_jax_shapes",
+    "tfds_name": "imagen_jax_shapes/32px",
     "tfds_data_dir": "",  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
     "tfds_split": "train",
     "caption_template": "",  # class-labelled datasets; "": the dataset's own ("a photo of a {label}")

@@ -65,6 +65,10 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
     print(sample.format_judge("judge accuracy", result["grid_judge"]))
     if "heldout_judge" in result:
         print(sample.format_judge("held-out judge accuracy", result["heldout_judge"]))
+    after_training = getattr(exp.family, "after_training", None)  # optional family hook (models/family.py)
+    if config.mode == "train" and after_training is not None:
+        for key, value in after_training(exp, params, step).items():
+            print(f"{key}: {value}")
 
 
 def _encode_text(config, workdir: str, prompts: list[str]) -> None:

@@ -6,6 +6,9 @@ A family is built from the experiment config and exposes pure functions over par
   train_step(state, batch, rng) -> (state, metrics)
   generate(params, text_embeddings, text_mask, rng, **sampling options) -> images in [-1, 1]
   sampling_summary() -> str   (the default sampling settings, for the console)
+and optionally
+  after_training(exp, params, step) -> dict   (extra results after training, printed by main as "key: value";
+                                               the VAE's held-out reconstructions and bits/dim)
 A batch is a dict: images float32 [B,H,W,3] in [-1,1], text_embeddings float32 [B,L,D], text_mask bool [B,L].
 describe(config) reports each stage's size and cost from its compiled train step (mode=describe).
 """
@@ -51,7 +54,16 @@ def _imagen(config: ml_collections.ConfigDict) -> Family:
     return ImagenFamily(config)
 
 
-FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Family]] = {"imagen": _imagen}
+def _vae(config: ml_collections.ConfigDict) -> Family:
+    from imagen_jax.models.vae import VaeFamily
+
+    return VaeFamily(config)
+
+
+FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Family]] = {
+    "imagen": _imagen,
+    "vae": _vae,
+}
 
 
 def get_family(config: ml_collections.ConfigDict) -> Family:

@@ -111,6 +111,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # per step); -1: one per core (a divisor of the batch), 0: JAX's default single CPU device.
     c.mesh.cpu_devices = -1
 
+    c.eval = ml_collections.ConfigDict()  # mode=eval (imagen_jax/evaluation/run.py)
+    c.eval.num_samples = 1000  # generated images per prompt set, and as many real reference images
+    c.eval.prompt_sets = ("train", "holdout")  # captions of the training split / with held-out colour-shape pairs
+    c.eval.feature_space = "shapes"  # shapes (a small CNN trained once on the shapes data) | inception
+    c.eval.inception_weights = ""  # local pytorch-fid pt_inception-2015-12-05-6726825d.pth, for inception
+    c.eval.cache_dir = ""  # the shapes feature network's cache; "": $IMAGEN_JAX_CACHE or ~/.cache/imagen_jax
+    c.eval.feature_net = ml_collections.ConfigDict()  # the shapes feature network (its spec keys the cache)
+    c.eval.feature_net.widths = (16, 32, 64)
+    c.eval.feature_net.feature_dim = 128
+    c.eval.feature_net.steps = 500
+    c.eval.feature_net.batch_size = 64
+    c.eval.kid_subsets = 100
+    c.eval.kid_subset_size = 500
+    c.eval.pr_k = 3
+    c.eval.seed = 0
+    c.eval.batch_size = 64  # prompts per generate call
+    c.eval.grid_images = 16
+    c.eval.sweep_option = "guidance_scale"  # FID vs alignment for each value (eval/<step>_sweep.png)
+    c.eval.sweep_values = (1.0, 3.0, 5.0)
+
     c.distributed = ml_collections.ConfigDict()  # multi-process runs (parallel.initialize_distributed)
     c.distributed.initialize = "auto"  # auto: when an address is given or a SLURM/TPU/MPI job is detected
     c.distributed.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or the cluster
@@ -139,6 +159,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sample.num_per_prompt = 2
         c.sample.steps = 3
         c.sample.judge_prompts = 4
+        c.eval.num_samples = 16
+        c.eval.kid_subsets = 4
+        c.eval.kid_subset_size = 8
+        c.eval.feature_net.widths = (8, 16)
+        c.eval.feature_net.feature_dim = 32
+        c.eval.feature_net.steps = 80
+        c.eval.feature_net.batch_size = 32
+        c.eval.grid_images = 4
+        c.eval.sweep_values = (1.0, 3.0)
     elif arg:
         raise ValueError(
             f"Unknown config variant {arg!r}; use configs/quickstart.py or configs/quickstart.py:tiny"

@@ -3,7 +3,8 @@
 InceptionV3 features (evaluation/inception.py) describe natural photographs and need weights the user must
 supply; on 16-32 px shapes images they mostly measure blur. This network is trained, deterministically and
 once, to classify the attributes the shapes data varies (shape, colour, size, position of one-object scenes,
-all colour-shape pairs), and its penultimate layer [feature_dim] is the feature space FID/KID/precision/recall
+all colour-shape pairs), and its penultimate layer [feature_dim], divided by its RMS value on validation
+images, is the feature space FID/KID/precision/recall
 are computed in. It is cached under <cache_dir>/shapes_feature_net/<key>/, where key hashes its whole spec
 (and a version), so a cached net is never retrained and a changed spec never reads a stale one.
 Reports name the space with `FeatureExtractor.name`, e.g. "shapes-cnn-32px-1a2b3c4d".
@@ -28,7 +29,7 @@ from flax import serialization
 
 from imagen_jax.data import shapes
 
-VERSION = 1  # bump when the network or its training changes: old caches are then ignored
+VERSION = 2  # bump when the network or its training changes: old caches are then ignored
 HEADS: dict[str, tuple[str, ...]] = {
     "shape": shapes.SHAPES,
     "colour": tuple(shapes.COLOURS),
@@ -113,8 +114,10 @@ def _compiled(spec: FeatureNetSpec) -> tuple[ShapesCNN, optax.GradientTransforma
     return model, optimizer, step, jax.jit(model.apply)
 
 
-def train(spec: FeatureNetSpec) -> tuple[Any, dict[str, float]]:
-    """(parameters, validation accuracy per attribute) of the network trained from scratch; deterministic."""
+def train(spec: FeatureNetSpec) -> tuple[Any, dict[str, float], float]:
+    """(parameters, validation accuracy per attribute, feature scale) of the network trained from scratch,
+    deterministically. The scale is the RMS feature value on the validation images: features are divided by
+    it, so they are O(1) like Inception's (the KID kernel (x.y/D + 1)^3 assumes that scale)."""
     model, optimizer, step, apply = _compiled(spec)
     data = _dataset(spec)
     params = model.init(jax.random.key(spec.seed), jnp.zeros((1, spec.image_size, spec.image_size, 3)))
@@ -125,10 +128,11 @@ def train(spec: FeatureNetSpec) -> tuple[Any, dict[str, float]]:
     held_out = data.batch(
         0, spec.validation_size, process_index=1, split="train"
     )  # a stream never trained on
-    _, logits = apply(params, held_out["images"])
+    features, logits = apply(params, held_out["images"])
     labels = _labels(held_out["captions"])
     accuracy = {k: float(np.mean(np.argmax(np.asarray(logits[k]), -1) == labels[k])) for k in HEADS}
-    return params, accuracy
+    scale = float(np.sqrt(np.mean(np.square(np.asarray(features, np.float64))))) or 1.0
+    return params, accuracy, scale
 
 
 @dataclasses.dataclass
@@ -171,8 +175,13 @@ def load_or_train(spec: FeatureNetSpec, cache_dir: str = "", log: Any = print) -
             info = json.load(f)
     else:
         log(f"Training the shapes feature network once ({spec.steps} steps) into {directory} ...")
-        params, accuracy = train(spec)
-        info = {"spec": dataclasses.asdict(spec), "version": VERSION, "validation_accuracy": accuracy}
+        params, accuracy, scale = train(spec)
+        info = {
+            "spec": dataclasses.asdict(spec),
+            "version": VERSION,
+            "validation_accuracy": accuracy,
+            "feature_scale": scale,
+        }
         os.makedirs(directory, exist_ok=True)
         for path, data, mode in (
             (params_path, serialization.to_bytes(params), "wb"),
@@ -182,13 +191,13 @@ def load_or_train(spec: FeatureNetSpec, cache_dir: str = "", log: Any = print) -
             with open(tmp, mode) as f:
                 f.write(data)
             os.replace(tmp, path)  # concurrent processes train the same net; the last rename wins
-    size = spec.image_size
+    size, scale = spec.image_size, float(info["feature_scale"])
 
     @jax.jit
     def apply(images: jax.Array) -> jax.Array:
         if images.shape[1:3] != (size, size):
             images = jax.image.resize(images, (images.shape[0], size, size, 3), "bilinear")
-        return model.apply(params, images)[0]
+        return model.apply(params, images)[0] / scale
 
     info = {**info, "cache_dir": directory}
     return FeatureExtractor(f"shapes-cnn-{size}px-{spec.key()[:8]}", spec.feature_dim, size, apply, info)

@@ -1,0 +1,443 @@
+"""Imagen vs GAN vs VAE on equal terms: every (config x seed) trained on the same budget, evaluated with the same
+prompts, reference images, feature space and metrics, summarised as mean +- 95% CI (Student t) over seeds.
+
+    python experiments/compare_baselines.py --configs configs/quickstart.py,configs/gan_shapes.py,configs/vae_shapes.py \
+        --seeds 3 --budget_images 64000 --out experiments/baselines
+
+Budget (one of): --budget_images N (the same number of training images for every model: steps = N / batch),
+--budget_steps N (the same step count), --budget_minutes M (each model's steps set from its own throughput,
+measured by a short probe run; wall time is not reproducible, so the report records the steps it gave).
+Runs go to <out>/runs/<config>_seed<s>/ (a run already trained to its steps is only re-evaluated, so re-running
+the same command reproduces the numbers); the report is <out>/report.md, every number also in <out>/results.json.
+Training runs in this process through imagen_jax.main (the same code path as the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+DEFAULT_CONFIGS = "configs/quickstart.py,configs/gan_shapes.py,configs/vae_shapes.py"
+# Per-family sampling sweeps when a config's eval section names none (FID-vs-alignment curves).
+DEFAULT_SWEEPS = {"imagen": ("guidance_scale", (1.0, 3.0, 5.0)), "gan": ("truncation", (0.5, 1.0, 0.0))}
+SHARED_EVAL_KEYS = (  # eval settings taken from the first config (or the CLI) and used for every model
+    "num_samples",
+    "prompt_sets",
+    "feature_space",
+    "inception_weights",
+    "cache_dir",
+    "feature_net",
+    "kid_subsets",
+    "kid_subset_size",
+    "pr_k",
+    "seed",
+    "batch_size",
+    "grid_images",
+)
+METRICS = (  # (key in the eval report, column title, formatting scale)
+    ("fid", "FID", 1.0),
+    ("kid", "KID x 10^3", 1e3),
+    ("precision", "precision", 1.0),
+    ("recall", "recall", 1.0),
+    ("alignment", "alignment (all)", 1.0),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated config files (file[:variant])")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per config")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget_images", type=int, help="training images per run (steps = this / batch)")
+    budget.add_argument("--budget_steps", type=int, help="training steps per run")
+    budget.add_argument("--budget_minutes", type=float, help="training wall minutes per run (via a probe)")
+    p.add_argument("--out", required=True, help="output directory (runs/, report.md, results.json)")
+    p.add_argument("--num_samples", type=int, help="eval.num_samples for every model")
+    p.add_argument("--feature_space", choices=("shapes", "inception"), help="eval.feature_space")
+    p.add_argument("--inception_weights", help="eval.inception_weights (with --feature_space inception)")
+    p.add_argument("--cache_dir", help="eval.cache_dir (the shapes feature network's cache)")
+    p.add_argument("--no_sweep", action="store_true", help="skip the sampling-option sweeps")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run, e.g. --set mesh.cpu_devices=0 (repeatable)",
+    )
+    p.add_argument(
+        "--probe_steps", type=int, default=30, help="steps of the throughput probe (--budget_minutes)"
+    )
+    args = p.parse_args(argv)
+    for value in (args.budget_images, args.budget_steps, args.budget_minutes):
+        if value is not None and value <= 0:
+            p.error("the budget must be positive")
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for config in args.configs:
+        if not os.path.isfile(config.split(":", 1)[0]):
+            p.error(f"config file {config.split(':', 1)[0]} does not exist")
+    return args
+
+
+def run_name(config_path: str) -> str:
+    """configs/quickstart.py:tiny -> quickstart_tiny."""
+    base, _, variant = config_path.partition(":")
+    name = os.path.splitext(os.path.basename(base))[0]
+    return f"{name}_{variant}" if variant else name
+
+
+def _main_argv(config_path: str, workdir: str, seed: int, overrides: list[str]) -> list[str]:
+    return ["--config", config_path, "--workdir", workdir, f"--config.seed={seed}"] + [
+        f"--config.{o}" for o in overrides
+    ]
+
+
+def load_config(config_path: str, workdir: str, seed: int, overrides: list[str]):
+    from imagen_jax import workdir as workdir_lib
+
+    config, _, _ = workdir_lib.parse_command_line(
+        ["main", *_main_argv(config_path, workdir, seed, overrides)]
+    )
+    return config
+
+
+def _train(argv: list[str]) -> float:
+    """Runs imagen_jax.main with argv in this process; wall seconds. Raises on a non-zero exit."""
+    from imagen_jax import main as main_lib
+
+    start = time.time()
+    code = main_lib.main(["imagen_jax.main", *argv])
+    if code != 0:
+        raise SystemExit(f"training failed (exit {code}): python -m imagen_jax.main {shlex.join(argv)}")
+    return time.time() - start
+
+
+def steps_for_budget(
+    args: argparse.Namespace, config_path: str, batch_size: int, overrides: list[str]
+) -> int:
+    """Training steps of one config under the budget."""
+    if args.budget_steps:
+        return int(args.budget_steps)
+    if args.budget_images:
+        return max(1, math.ceil(args.budget_images / batch_size))
+    probe = os.path.join(args.out, "probes", run_name(config_path))
+    _train(
+        _main_argv(
+            config_path, probe, 0, overrides + [f"train.steps={args.probe_steps}", "train.log_every=5"]
+        )
+    )
+    with open(os.path.join(probe, "metrics.jsonl"), encoding="utf-8") as f:
+        rates = [json.loads(line)["images_per_sec"] for line in f if line.strip()][
+            1:
+        ]  # the first holds compile
+    if not rates:
+        raise SystemExit(f"the probe of {config_path} logged no throughput; raise --probe_steps")
+    return max(1, int(args.budget_minutes * 60 * float(sorted(rates)[len(rates) // 2]) / batch_size))
+
+
+def eval_settings(args: argparse.Namespace, first_config, config):
+    """The shared eval settings (first config's, then the CLI's) with this model's own sweep."""
+    from imagen_jax.evaluation import run as eval_run
+
+    shared = eval_run.settings_of(first_config)
+    settings = eval_run.settings_of(config)
+    for key in SHARED_EVAL_KEYS:
+        settings[key] = shared[key]
+    for key in ("num_samples", "feature_space", "inception_weights", "cache_dir"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if not settings.sweep_option and config.family in DEFAULT_SWEEPS:
+        settings.sweep_option, settings.sweep_values = DEFAULT_SWEEPS[config.family]
+    if args.no_sweep:
+        settings.sweep_option, settings.sweep_values = "", ()
+    eval_run.check_settings(settings)
+    return settings
+
+
+def evaluate_run(config, workdir: str, settings) -> dict[str, Any]:
+    from imagen_jax.evaluation import run as eval_run
+
+    return eval_run.run_mode(config, workdir, settings)
+
+
+# ------------------------------------------------------------------------------------------------- summary
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """(mean, half-width of the 95% Student-t confidence interval), None for a single value."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def _metric(report: dict[str, Any], split: str, key: str) -> float:
+    r = report["prompt_sets"][split]
+    return float(r["alignment"]["all"] if key == "alignment" else r[key])
+
+
+def _cell(values: list[float], scale: float) -> str:
+    mean, ci = mean_ci([v * scale for v in values])
+    return f"{mean:.4g}" if ci is None else f"{mean:.4g} ± {ci:.2g}"
+
+
+def plot_curves(runs: list[dict[str, Any]], path: str) -> str:
+    """Training loss against step, one panel per model, every seed a line; a PNG drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    panel_w, panel_h, margin = 420, 260, 45
+    image = Image.new("RGB", (panel_w * len(models), panel_h), "white")
+    draw = ImageDraw.Draw(image)
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for m, model in enumerate(models):
+        x0 = m * panel_w
+        series = [(r["seed"], r["curve"]) for r in runs if r["model"] == model and r["curve"]]
+        points = [p for _, curve in series for p in curve]
+        draw.text((x0 + margin, 8), f"{model}: training loss", fill="black")
+        draw.rectangle([x0 + margin, margin, x0 + panel_w - 15, panel_h - margin], outline="black")
+        if not points:
+            continue
+        s_lo, s_hi = min(p[0] for p in points), max(p[0] for p in points)
+        l_lo, l_hi = min(p[1] for p in points), max(p[1] for p in points)
+        to_px = lambda s, v, x0=x0, s_lo=s_lo, s_hi=s_hi, l_lo=l_lo, l_hi=l_hi: (
+            x0 + margin + (s - s_lo) / (s_hi - s_lo or 1) * (panel_w - margin - 15),
+            panel_h - margin - (v - l_lo) / (l_hi - l_lo or 1) * (panel_h - 2 * margin),
+        )
+        draw.text((x0 + 2, margin - 5), f"{l_hi:.3g}", fill="black")
+        draw.text((x0 + 2, panel_h - margin - 5), f"{l_lo:.3g}", fill="black")
+        draw.text((x0 + margin, panel_h - margin + 5), f"step {s_lo}", fill="black")
+        draw.text((x0 + panel_w - 80, panel_h - margin + 5), f"step {s_hi}", fill="black")
+        for i, (seed, curve) in enumerate(series):
+            pixels = [to_px(s, v) for s, v in curve]
+            colour = colours[i % len(colours)]
+            if len(pixels) > 1:
+                draw.line(pixels, fill=colour, width=2)
+            else:
+                draw.ellipse(
+                    [pixels[0][0] - 3, pixels[0][1] - 3, pixels[0][0] + 3, pixels[0][1] + 3], fill=colour
+                )
+            draw.text((x0 + panel_w - 70, margin + 4 + 12 * i), f"seed {seed}", fill=colour)
+    image.save(path)
+    return path
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "ml-collections"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = "not installed"
+    import jax
+
+    versions["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    return versions
+
+
+def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str, Any]]) -> str:
+    """<out>/report.md and <out>/results.json from the finished runs; returns the report's path."""
+    out = args.out
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    first = runs[0]["eval"]
+    splits = list(first["prompt_sets"])
+    space = first["feature_space"]
+    lines = [
+        "# Baseline comparison on the built-in shapes data",
+        "",
+        f"{len(models)} models x {args.seeds} seed(s); budget: {_budget_text(args)}. Every number is the mean "
+        f"± the half-width of its 95% Student-t confidence interval over seeds (a single seed shows no interval).",
+        "",
+        f"**Feature space of FID, KID, precision and recall: `{space}`** "
+        f"({_space_text(first)}). Alignment is the shapes judge's accuracy (every attribute right) on the same "
+        f"generated images. Each prompt set: {first['num_samples']} generated images against as many real "
+        f"images of the same split and captions ({first['reference']}).",
+        "",
+    ]
+    for split in splits:
+        lines += [
+            f"## {split} prompts",
+            "",
+            "| model | steps | images seen | " + " | ".join(t for _, t, _ in METRICS) + " |",
+        ]
+        lines.append("|" + " --- |" * (3 + len(METRICS)))
+        for model in models:
+            mine = [r for r in runs if r["model"] == model]
+            cells = [
+                _cell([_metric(r["eval"], split, key) for r in mine], scale) for key, _, scale in METRICS
+            ]
+            steps = sorted({r["steps"] for r in mine})
+            seen = sorted({r["steps"] * r["batch_size"] for r in mine})
+            lines.append(
+                f"| {model} | {','.join(map(str, steps))} | {','.join(map(str, seen))} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
+    attributes = ("shape", "colour", "size", "position")
+    lines += ["## Alignment per attribute", "", "| model | prompt set | " + " | ".join(attributes) + " |"]
+    lines.append("|" + " --- |" * (2 + len(attributes)))
+    for model in models:
+        mine = [r for r in runs if r["model"] == model]
+        for split in splits:
+            cells = [
+                _cell([r["eval"]["prompt_sets"][split]["alignment"][a] for r in mine], 1.0)
+                for a in attributes
+            ]
+            lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
+    lines += ["", "## Samples (seed 0, the same prompts for every model)", ""]
+    for split in splits:
+        lines.append(f"{split} prompts:")
+        lines.append("")
+        lines.append(
+            " ".join(
+                f"![{r['model']}]({os.path.relpath(r['eval']['prompt_sets'][split]['grid'], out)})"
+                for r in runs
+                if r["seed"] == 0 and "grid" in r["eval"]["prompt_sets"][split]
+            )
+        )
+        lines.append("")
+    lines += ["## Sampling sweeps (FID vs alignment, seed 0)", ""]
+    for r in runs:
+        if r["seed"] == 0 and "sweep" in r["eval"]:
+            sweep = r["eval"]["sweep"]
+            lines.append(
+                f"- {r['model']} ({sweep['option']}): ![sweep]({os.path.relpath(sweep['plot'], out)})"
+            )
+            for p in sweep["points"]:
+                lines.append(
+                    f"  - {sweep['option']}={p['value']}, {p['prompt_set']} prompts: FID {p['fid']:.4g}, "
+                    f"alignment {p['alignment']['all']:.3f}, precision {p['precision']:.3f}, recall {p['recall']:.3f}"
+                )
+    lines += [
+        "",
+        "## Training curves",
+        "",
+        f"![training loss]({os.path.relpath(runs[0]['curves_png'], out)})",
+        "",
+    ]
+    lines += [
+        "## Reproduce",
+        "",
+        "This report:",
+        "",
+        "    " + shlex.join(["python", "experiments/compare_baselines.py", *argv]),
+        "",
+    ]
+    lines += ["Each run (train, then evaluate with the settings in results.json):", ""]
+    for r in runs:
+        lines.append("    " + r["command"])
+    lines += [
+        "",
+        "| run | model | seed | config | train s | eval s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {os.path.relpath(r['workdir'], out)} | {r['model']} | {r['seed']} | "
+            f"{os.path.relpath(os.path.join(r['workdir'], 'config.json'), out)} | {r['train_seconds']:.0f} | "
+            f"{r['eval']['seconds']:.0f} |"
+        )
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()), ""]
+    path = os.path.join(out, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"argv": argv, "runs": runs}, f, indent=2)
+    return path
+
+
+def _budget_text(args: argparse.Namespace) -> str:
+    if args.budget_images:
+        return f"{args.budget_images} training images per run"
+    if args.budget_steps:
+        return f"{args.budget_steps} training steps per run"
+    return f"{args.budget_minutes} training minutes per run (steps from each model's probed throughput)"
+
+
+def _space_text(report: dict[str, Any]) -> str:
+    info = report["feature_space_info"]
+    if report["feature_space"].startswith("shapes-cnn"):
+        acc = info.get("validation_accuracy", {})
+        return (
+            "the penultimate layer of a small CNN trained once on shapes images to classify shape, colour, size "
+            "and position; its validation accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        )
+    return f"pytorch-fid's InceptionV3 pool features, weights {info.get('weights')}"
+
+
+def _curve(workdir: str) -> list[tuple[int, float]]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+def main(argv: list[str] | None = None) -> str:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    first_config = None
+    for config_path in args.configs:
+        model = run_name(config_path)
+        base = load_config(config_path, os.path.join(args.out, "runs", f"{model}_seed0"), 0, args.set)
+        first_config = first_config or base
+        steps = steps_for_budget(args, config_path, int(base.train.batch_size), args.set)
+        overrides = args.set + [f"train.steps={steps}"]
+        if "judge_prompts" in base.get("sample", {}):  # the evaluation judges alignment on its own prompts
+            overrides.append("sample.judge_prompts=0")
+        for seed in range(args.seeds):
+            workdir = os.path.join(args.out, "runs", f"{model}_seed{seed}")
+            train_argv = _main_argv(config_path, workdir, seed, overrides)
+            print(f"== {model}, seed {seed}: {steps} steps into {workdir}", flush=True)
+            train_seconds = _train(train_argv)
+            config = load_config(config_path, workdir, seed, overrides)
+            settings = eval_settings(args, first_config, config)
+            report = evaluate_run(config, workdir, settings)
+            runs.append(
+                {
+                    "model": model,
+                    "family": config.family,
+                    "config": config_path,
+                    "seed": seed,
+                    "steps": steps,
+                    "batch_size": int(config.train.batch_size),
+                    "workdir": workdir,
+                    "command": "python -m imagen_jax.main " + shlex.join(train_argv),
+                    "train_seconds": train_seconds,
+                    "eval_settings": settings.to_dict(),
+                    "eval": report,
+                    "curve": _curve(workdir),
+                }
+            )
+    curves = plot_curves(runs, os.path.join(args.out, "training_curves.png"))
+    for r in runs:
+        r["curves_png"] = curves
+    path = write_report(args, argv, runs)
+    print(f"report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""mode=eval: sample quality and text alignment of a trained workdir, written to <workdir>/eval/.
+
+For each prompt set (eval.prompt_sets: "train" = captions of the training split, "holdout" = captions with a
+held-out colour-shape pair) the reference is eval.num_samples real images of that split from an evaluation
+stream the training never reads, and the prompts are their own captions, so generated and real images share
+one caption distribution. Generated images come from the family's generate (the EMA parameters, the config's
+sampling settings); FID, KID and precision/recall compare their features with the reference's, in the
+feature space eval.feature_space ("shapes": the cached shapes CNN; "inception": pytorch-fid's InceptionV3 from
+eval.inception_weights), and the shapes judge scores their alignment with the prompts per attribute.
+
+eval.sweep_option / eval.sweep_values repeat this for each value of one sampling option (guidance_scale for
+Imagen, truncation for the GAN): FID against alignment, one point per value, plotted to eval/<step>_sweep.png.
+
+Writes eval/<step>.json (every number, with its feature space), eval/<step>_<set>.png (a captioned sample grid)
+and TensorBoard scalars under tensorboard/eval/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from imagen_jax.data import shapes
+from imagen_jax.evaluation import alignment, feature_net, metrics
+
+PROMPT_SETS = ("train", "holdout")
+FEATURE_SPACES = ("shapes", "inception")
+EVAL_STREAM = 7919  # the process index of the reference stream: training reads 0 .. process_count - 1
+
+
+def default_settings() -> ml_collections.ConfigDict:
+    """The eval section's keys and defaults (a config's own `eval` section overrides them)."""
+    e = ml_collections.ConfigDict()
+    e.num_samples = 1000  # generated images per prompt set (and as many real reference images)
+    e.prompt_sets = PROMPT_SETS
+    e.feature_space = "shapes"  # shapes | inception
+    e.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz), for "inception"
+    e.cache_dir = (
+        ""  # where the shapes feature network is cached; "": $IMAGEN_JAX_CACHE or ~/.cache/imagen_jax
+    )
+    e.feature_net = ml_collections.ConfigDict()  # the shapes feature network (its spec keys the cache)
+    e.feature_net.widths = (16, 32, 64)
+    e.feature_net.feature_dim = 128
+    e.feature_net.steps = 500
+    e.feature_net.batch_size = 64
+    e.kid_subsets = 100
+    e.kid_subset_size = 500  # of num_samples: subsets smaller than the set, so their spread means something
+    e.pr_k = 3  # neighbours for the precision/recall manifolds
+    e.seed = 0  # the reference stream and the sampling noise
+    e.batch_size = 64  # prompts per generate call
+    e.grid_images = 16  # generated images shown per prompt set in eval/<step>_<set>.png
+    e.sweep_option = ""  # a sampling option of the family (e.g. guidance_scale, truncation); "": no sweep
+    e.sweep_values = ()
+    return e
+
+
+def settings_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """default_settings() overridden by config.eval (absent keys keep their defaults), checked."""
+    settings = default_settings()
+    own = config.get("eval")
+    if own is not None:
+        for key, value in own.items():
+            if key not in settings:
+                raise ValueError(f"eval.{key} is not an eval setting; known: {', '.join(sorted(settings))}.")
+            settings[key] = value
+    check_settings(settings)
+    return settings
+
+
+def check_settings(e: ml_collections.ConfigDict) -> None:
+    """One clear message per impossible eval setting."""
+    if int(e.num_samples) < 4:
+        raise ValueError(f"eval.num_samples={e.num_samples} must be >= 4 (k-NN radii need k + 1 samples).")
+    if not e.prompt_sets or any(s not in PROMPT_SETS for s in e.prompt_sets):
+        raise ValueError(f"eval.prompt_sets={tuple(e.prompt_sets)} must name some of {PROMPT_SETS}.")
+    if e.feature_space not in FEATURE_SPACES:
+        raise ValueError(f"eval.feature_space={e.feature_space!r}; choose one of {FEATURE_SPACES}.")
+    if e.feature_space == "inception" and not os.path.isfile(e.inception_weights):
+        raise ValueError(
+            f"eval.feature_space=inception needs eval.inception_weights, the local path of pytorch-fid's FID "
+            f"Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz); got "
+            f"{e.inception_weights!r}, which is not a file. Nothing is downloaded."
+        )
+    if not 1 <= int(e.pr_k) < int(e.num_samples):
+        raise ValueError(f"eval.pr_k={e.pr_k} must be in [1, eval.num_samples).")
+    if e.sweep_option and not e.sweep_values:
+        raise ValueError(f"eval.sweep_option={e.sweep_option!r} needs eval.sweep_values (a tuple of values).")
+
+
+class _Features:
+    """The configured feature space: `name`, `info` and `features(images [N,H,W,3] in [-1,1]) -> [N, D]`."""
+
+    def __init__(self, e: ml_collections.ConfigDict, image_size: int, log: Callable[[str], None]):
+        if e.feature_space == "shapes":
+            net = feature_net.load_or_train(feature_net_spec(e, image_size), e.cache_dir, log=log)
+            self.name, self.info, self._fn = net.name, net.info, net.features
+        else:
+            from imagen_jax.evaluation import inception
+
+            apply = inception.make_feature_fn(inception.load_variables(e.inception_weights))
+            self.name = "inception-v3-fid-pool3-2048"
+            self.info = {"weights": os.path.abspath(e.inception_weights), "resize": inception.INPUT_SIZE}
+            self._fn = lambda images: np.concatenate(
+                [np.asarray(apply(images[i : i + 32])) for i in range(0, len(images), 32)]
+            )
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self._fn(np.asarray(images, np.float32))
+
+
+def feature_net_spec(e: ml_collections.ConfigDict, image_size: int) -> feature_net.FeatureNetSpec:
+    """The shapes feature network the eval settings ask for, at the data's image size."""
+    net = e.feature_net
+    return feature_net.FeatureNetSpec(
+        image_size=int(image_size),
+        widths=tuple(int(w) for w in net.widths),
+        feature_dim=int(net.feature_dim),
+        steps=int(net.steps),
+        batch_size=int(net.batch_size),
+    )
+
+
+def reference_batch(dataset: Any, split: str, n: int, seed: int) -> dict[str, Any]:
+    """n real images [n,H,W,3] in [-1,1] and their captions from `split` of the experiment's data, drawn with
+    the eval seed (not the run's, so every run and model is judged against the same images) from a stream
+    training never reads."""
+    if not isinstance(dataset, shapes.ShapesDataset):
+        raise ValueError(
+            "mode=eval needs the built-in shapes data (data.source=shapes) for its reference images and judge."
+        )
+    fraction = dataset.two_object_fraction if dataset.max_objects == 2 else 0.5
+    same_data = shapes.ShapesDataset(
+        dataset.image_size, dataset.max_objects, dataset.holdout_combinations, int(seed), fraction
+    )
+    return same_data.batch(0, int(n), process_index=EVAL_STREAM, split=split)
+
+
+def evaluate_images(
+    generated: np.ndarray,
+    captions: Sequence[str],
+    real_features: np.ndarray,
+    features: _Features,
+    e: ml_collections.ConfigDict,
+) -> dict[str, Any]:
+    """Every metric of generated images against the reference features, plus the judge's alignment."""
+    fake = features.features(generated)
+    result: dict[str, Any] = metrics.all_metrics(
+        real_features,
+        fake,
+        kid_subsets=int(e.kid_subsets),
+        kid_subset_size=int(e.kid_subset_size),
+        k=int(e.pr_k),
+        seed=int(e.seed),
+    )
+    result["alignment"] = alignment.judge_accuracy(generated, list(captions))
+    return result
+
+
+def evaluate(exp: Any, params: Any, step: int, e: ml_collections.ConfigDict, log=print) -> dict[str, Any]:
+    """Evaluates `params` of the experiment `exp` at `step` with the eval settings `e`; writes eval/<step>.json,
+    eval/<step>_<set>.png (and eval/<step>_sweep.png with a sweep) under exp.workdir; returns the JSON dict."""
+    from imagen_jax import sample
+
+    start = time.time()
+    check_settings(e)
+    features = _Features(e, exp.config.data.image_size, log)
+    out_dir = os.path.join(exp.workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    rng = jax.random.key(int(e.seed))
+    n = int(e.num_samples)
+    references = {}
+    for split in e.prompt_sets:
+        real = reference_batch(exp.dataset, split, n, e.seed)
+        references[split] = (real["captions"], features.features(real["images"]))
+
+    def run(options: dict[str, Any], tag: int) -> dict[str, Any]:
+        # every prompt set in one generate call: one compile per option value
+        prompts = [c for split in e.prompt_sets for c in references[split][0]]
+        key = jax.random.fold_in(rng, tag)
+        images = sample.generate_for_prompts(exp, params, prompts, key, chunk=int(e.batch_size), **options)
+        results = {}
+        for index, split in enumerate(e.prompt_sets):
+            captions, real_features = references[split]
+            mine = images[index * n : (index + 1) * n]
+            results[split] = evaluate_images(mine, captions, real_features, features, e)
+            if tag == 0 and int(e.grid_images):
+                shown = min(int(e.grid_images), n)
+                path = os.path.join(out_dir, f"{step}_{split}.png")
+                sample.write_grid(mine[:shown], captions[:shown], path, columns=min(shown, 8))
+                results[split]["grid"] = path
+        return results
+
+    report: dict[str, Any] = {
+        "step": int(step),
+        "family": exp.config.family,
+        "sampling": exp.family.sampling_summary(),
+        "feature_space": features.name,
+        "feature_space_info": features.info,
+        "num_samples": n,
+        "reference": f"{n} real images per prompt set (split = prompt set, stream {EVAL_STREAM}, seed {e.seed})",
+        "settings": e.to_dict(),
+        "prompt_sets": run({}, 0),
+    }
+    if e.sweep_option:
+        default = exp.config.sample.get(e.sweep_option) if "sample" in exp.config else None
+        points = []
+        for i, value in enumerate(e.sweep_values):
+            same = default is not None and value == default  # the main evaluation already holds it
+            results = report["prompt_sets"] if same else run({e.sweep_option: value}, i + 1)
+            for split, r in results.items():
+                points.append(
+                    {"value": value, "prompt_set": split, **{k: v for k, v in r.items() if k != "grid"}}
+                )
+        report["sweep"] = {"option": e.sweep_option, "points": points}
+        report["sweep"]["plot"] = plot_sweep(
+            points, e.sweep_option, features.name, os.path.join(out_dir, f"{step}_sweep.png")
+        )
+    report["seconds"] = time.time() - start
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, f"{step}.json"), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        _log_tensorboard(exp.workdir, step, report)
+    return report
+
+
+def _log_tensorboard(workdir: str, step: int, report: dict[str, Any]) -> None:
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard", "eval"))
+    for split, r in report["prompt_sets"].items():
+        for key in ("fid", "kid", "precision", "recall"):
+            writer.add_scalar(f"eval/{split}/{key}", r[key], step)
+        for key in alignment.ATTRIBUTES:
+            writer.add_scalar(f"eval/{split}/alignment_{key}", r["alignment"][key], step)
+    writer.close()
+
+
+def plot_sweep(points: Sequence[dict[str, Any]], option: str, feature_space: str, path: str) -> str:
+    """FID (y) against alignment (x, all attributes right), one line per prompt set, each point labelled with
+    its option value; a PNG drawn with PIL (matplotlib is not a dependency). Returns the path."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 640, 440, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    xs = [p["alignment"]["all"] for p in points]
+    ys = [p["fid"] for p in points]
+    x_lo, x_hi = min(xs + [0.0]), max(xs + [1.0])
+    y_lo, y_hi = 0.0, max(ys) * 1.1 if max(ys) > 0 else 1.0
+    to_px = lambda x, y: (
+        margin + (x - x_lo) / (x_hi - x_lo or 1) * (width - 2 * margin),
+        height - margin - (y - y_lo) / (y_hi - y_lo or 1) * (height - 2 * margin),
+    )
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    for t in range(6):
+        x, y = x_lo + (x_hi - x_lo) * t / 5, y_lo + (y_hi - y_lo) * t / 5
+        px, _ = to_px(x, y_lo)
+        _, py = to_px(x_lo, y)
+        draw.text((px - 10, height - margin + 5), f"{x:.2f}", fill="black")
+        draw.text((5, py - 5), f"{y:.3g}", fill="black")
+    draw.text((width // 2 - 120, height - 25), "alignment (judge accuracy, all attributes)", fill="black")
+    draw.text((margin, 10), f"FID ({feature_space}) vs alignment, sweeping {option}", fill="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for c, split in enumerate(dict.fromkeys(p["prompt_set"] for p in points)):
+        mine = [p for p in points if p["prompt_set"] == split]
+        pixels = [to_px(p["alignment"]["all"], p["fid"]) for p in mine]
+        colour = colours[c % len(colours)]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        for (px, py), p in zip(pixels, mine, strict=True):
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+            draw.text((px + 6, py - 12), f"{p['value']}", fill=colour)
+        draw.text((width - margin - 110, margin + 8 + 14 * c), f"- {split} prompts", fill=colour)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path)
+    return path
+
+
+def format_report(report: dict[str, Any]) -> list[str]:
+    """Console lines: one per prompt set with every metric, naming the feature space."""
+    lines = [f"eval at step {report['step']} ({report['sampling']}); features: {report['feature_space']}"]
+    for split, r in report["prompt_sets"].items():
+        lines.append(
+            f"  {split} prompts: FID {r['fid']:.4g}  KID {r['kid']:.4g} +- {r['kid_std']:.2g}  "
+            f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  alignment {r['alignment']['all']:.3f}"
+        )
+    return lines
+
+
+def run_mode(
+    config: ml_collections.ConfigDict, workdir: str, settings: ml_collections.ConfigDict | None = None
+) -> dict[str, Any]:
+    """--config.mode=eval on a trained workdir: restores the latest checkpoint's EMA parameters, evaluates with
+    `settings` (default: the config's eval section), prints the numbers and where they were written."""
+    from imagen_jax import experiment
+    from imagen_jax import workdir as workdir_lib
+
+    if "stages" in config:
+        raise workdir_lib.UserError(
+            "mode=eval evaluates single-stage experiments; a cascade is not supported yet (sample it with "
+            "mode=sample)."
+        )
+    settings = settings_of(config) if settings is None else settings
+    check_settings(settings)
+    step = workdir_lib.require_checkpoint(workdir)
+    exp = experiment.build(config, workdir)
+    checkpointer = exp.checkpointer()
+    state, _ = exp.restore(checkpointer, step)
+    checkpointer.close()
+    print(f"Evaluating the EMA parameters at step {step} ({settings.num_samples} samples per prompt set) ...")
+    report = evaluate(exp, state.ema_params, step, settings)
+    for line in format_report(report):
+        print(line)
+    print(f"eval: {os.path.join(exp.workdir, 'eval', f'{step}.json')}")
+    return report

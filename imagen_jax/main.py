@@ -2,7 +2,8 @@
 
 Modes (config.mode): train (resumes from the workdir's last checkpoint, then samples and judges), sample
 (reads a trained workdir back; its saved config is used when --config is omitted), encode_text (precomputes
-the text embeddings of the dataset's captions into the cache that train and sample read).
+the text embeddings of the dataset's captions into the cache that train and sample read), eval (FID, KID,
+precision/recall and text alignment of a trained workdir into <workdir>/eval/; evaluation/run.py).
 """
 
 import json
@@ -29,10 +30,11 @@ def _run(config, workdir: str, prompts: list[str]) -> None:
             print(json.dumps(row), flush=True)
         return
     cascade = "stages" in config  # a cascade trains one stage per run and samples all of them
-    if config.mode == "eval":
-        raise workdir_lib.UserError(
-            f"mode={config.mode!r} is not available in this version; use train or sample."
-        )
+    if config.mode == "eval":  # FID/KID/precision/recall and alignment into <workdir>/eval/
+        from imagen_jax.evaluation import run as eval_run
+
+        eval_run.run_mode(config, workdir)
+        return
     if config.mode == "encode_text":
         workdir_lib.prepare_for_training(workdir, config)  # the cache belongs to this experiment's text encoder
         _encode_text(config, workdir, prompts)

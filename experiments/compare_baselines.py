@@ -30,7 +30,11 @@ if REPO not in sys.path:
 
 DEFAULT_CONFIGS = "configs/quickstart.py,configs/gan_shapes.py,configs/vae_shapes.py"
 # Per-family sampling sweeps when a config's eval section names none (FID-vs-alignment curves).
-DEFAULT_SWEEPS = {"imagen": ("guidance_scale", (1.0, 3.0, 5.0)), "gan": ("truncation", (0.5, 1.0, 0.0))}
+DEFAULT_SWEEPS = {
+    "imagen": ("guidance_scale", (1.0, 3.0, 5.0)),
+    "gan": ("truncation", (0.5, 1.0, 0.0)),
+    "vae": ("temperature", (0.5, 0.8, 1.0)),
+}
 SHARED_EVAL_KEYS = (  # eval settings taken from the first config (or the CLI) and used for every model
     "num_samples",
     "prompt_sets",

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -93,6 +94,7 @@ def main() -> None:
         "results": results,
     }
     print(f"prepared {args.examples} 64px examples in {prepare_s:.1f} s")
+    shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)

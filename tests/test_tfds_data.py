@@ -126,7 +126,7 @@ def test_a_dataset_not_prepared_gets_the_command_that_prepares_it(tmp_path, caps
         assert len(err.strip().splitlines()) == 1 and command in err and "not prepared" in err
 
 
-def test_training_reads_the_prepared_shapes_and_checkpoints_the_iterator(shapes_dir, tmp_path):
+def test_training_reads_the_prepared_shapes_and_checkpoints_the_iterator(shapes_dir, tmp_path, monkeypatch):
     config = quickstart.get_config("tiny")
     config.data.source = "tfds"
     config.data.tfds_name = SHAPES_NAME
@@ -149,3 +149,10 @@ def test_training_reads_the_prepared_shapes_and_checkpoints_the_iterator(shapes_
     np.testing.assert_array_equal(resumed["images"], third["images"])
     assert resumed["captions"] == third["captions"]
     assert resumed["images"].shape == (8, 16, 16, 3)
+    # A rerun resumes at step 2 (nothing left to train, so nothing compiles) and hands the trainer's pipeline
+    # the iterator state of the checkpoint.
+    given = []
+    original = pipeline.train_batches
+    monkeypatch.setattr(pipeline, "train_batches", lambda *a: given.append(a) or original(*a))
+    trainer.train(experiment.build(config, str(tmp_path / "wd")))
+    assert given[0][2] == 2 and given[0][5] == state

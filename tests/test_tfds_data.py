@@ -96,6 +96,10 @@ def test_prepared_shapes_builder_holds_the_shapes_data(shapes_dir):
     }
     assert {(r["captions"][0], r["image"].tobytes()) for r in _records(source)} == expected
     assert source.eval_split == "holdout"
+    plain = source.caption_corpus()
+    assert set(plain) == {c for c, _ in expected}
+    source.caption_variant = pipeline.swap_left_right  # set by build_dataset when data.random_flip is on
+    assert set(source.caption_corpus()) == set(plain) | {pipeline.swap_left_right(c) for c in plain}
     holdout = tfds_lib.open_source(SHAPES_NAME, "holdout", shapes_dir)
     assert len(holdout) == 8 and set(source.prompts(4)) <= {r["captions"][0] for r in _records(holdout)}
 

@@ -65,12 +65,15 @@ def build_dataset(config: ml_collections.ConfigDict):
         from imagen_jax.data import tfds as tfds_lib  # TFDS is imported only when asked for
 
         _check_grain_options(data)
-        return tfds_lib.open_source(
+        source = tfds_lib.open_source(
             data_option(data, "tfds_name"),
             data_option(data, "tfds_split"),
             data_option(data, "tfds_data_dir"),
             data_option(data, "caption_template"),
         )
+        if data_option(data, "random_flip"):  # the tokenizer and the embedding cache see flipped captions too
+            source.caption_variant = swap_left_right
+        return source
     return ShapesDataset(
         image_size=data.image_size,
         max_objects=data.max_objects,

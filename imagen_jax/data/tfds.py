@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,7 @@ class TfdsSource:
 
     def __init__(self, name: str, split: str = "train", data_dir: str = "", caption_template: str = ""):
         self.name, self.split, self.data_dir = name, split, default_data_dir(data_dir)
+        self.caption_variant: Callable[[str], str] | None = None  # e.g. the pipeline's flip of a caption
         self.builder = load_builder(name, self.data_dir)
         self.records = _as_data_source(self.builder, name, split, self.data_dir)
         features = self.builder.info.features
@@ -195,15 +196,18 @@ class TfdsSource:
         return records
 
     def caption_corpus(self, n: int | None = None) -> list[str]:
-        """Distinct captions of the training split, in record order (at most n; all when n is None)."""
+        """Distinct captions of the training split in record order, each followed by its caption_variant (the
+        flipped form, when the pipeline flips) if that differs; at most n, all when n is None."""
         if self.parser.kind == "label":
-            names = self.parser.label_names
-            return [self.parser.captions({"label": i})[0] for i in range(len(names))][:n]
-        records = self._text_records(self.split)
+            texts = (self.parser.captions({"label": i})[0] for i in range(len(self.parser.label_names)))
+        else:
+            records = self._text_records(self.split)
+            texts = (c for i in range(len(records)) for c in self.parser.captions(records[i]))
         unique: dict[str, None] = {}
-        for i in range(len(records)):
-            for c in self.parser.captions(records[i]):
-                unique.setdefault(c, None)
+        for c in texts:
+            unique.setdefault(c, None)
+            if self.caption_variant is not None:
+                unique.setdefault(self.caption_variant(c), None)
             if n is not None and len(unique) >= n:
                 break
         return list(unique)[:n]

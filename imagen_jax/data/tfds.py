@@ -1,7 +1,8 @@
 """Captioned images from prepared TensorFlow Datasets, read through TFDS's random-access data sources.
 
-    source = open_source("coco_captions", "train", data_dir)   # TfdsSource: raw records, len, __getitem__
-    parse = source.parser(caption_template="")                  # record -> {"image": uint8, "captions": [...]}
+    source = open_source("coco_captions", "train", data_dir)   # a TfdsSource
+    source.records[i]    # the raw TFDS record i (what the Grain pipeline reads, in worker processes too)
+    source[i]            # source.parser(source.records[i]): {"image": uint8 [H, W, 3], "captions": (str, ...)}
 
 Only prepared data is read: `open_source` loads the dataset's builder from its files in data_dir (no dataset
 code runs, so TensorFlow is not needed to train) and reads its ArrayRecord shards. A dataset that is not

@@ -165,12 +165,14 @@ def _batch(size: int = 16) -> dict[str, jax.Array]:
     }
 
 
-@pytest.fixture(scope="module", params=["", "vq"])
+@pytest.fixture(scope="module", params=["", "vq,logistic"])
 def trained(request):
-    """(family, batch, states before and after each of 2 steps, metrics of the last) for the tiny VAE and VQ-VAE.
+    """(family, batch, states before and after each of 2 steps, metrics of the last) for the tiny VAE (Gaussian
+    decoder) and VQ-VAE (logistic decoder).
     Init runs eagerly (compiling it costs more than running it); the train step is the one compiled function."""
     config = vae_shapes.get_config(",".join(["tiny", request.param]).strip(","))
-    config.data.image_size = 8  # a 4x4 latent grid
+    config.data.image_size = 8
+    config.model.channel_mult = (1,)  # no resampling, an 8x8 latent grid: fewer kernels to compile
     config.train.warmup_steps = 1
     config.model.dead_code_threshold = 0.5
     family = get_family(config)

@@ -196,7 +196,6 @@ def test_async_save_returns_before_commit_and_keeps_values_of_a_donated_state(tm
     ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=2)
     ckpt.save(5, state, {"data": {"next_step": 5}})
     assert not (tmp_path / "ckpt" / "5").exists()  # not committed: save() returned while the write goes on
-    saved = state
     state = update(update(state))  # reuses (donates) the buffers that were just saved
     jax.block_until_ready(state)
     # Donation normally takes the saved buffers; on a loaded machine XLA may still hold them for the host copy

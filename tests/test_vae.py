@@ -191,7 +191,7 @@ def test_train_step_metrics_and_codebook_state(trained):
     family, batch, states, metrics = trained
     assert float(metrics["nonfinite"]) == 0.0 and int(states[-1].step) == 2
     bpd = float(metrics["bits_per_dim"])
-    assert 0.0 < bpd < 20.0 and float(metrics["nll_bits_per_dim"]) <= bpd + 1e-5
+    assert np.isfinite(bpd) and 0.0 < float(metrics["nll_bits_per_dim"]) <= bpd + 1e-5  # the rate is >= 0
     if not family.is_vq:
         assert float(metrics["kl"]) >= 0.0
         return

@@ -142,6 +142,12 @@ def reference_batch(dataset: Any, split: str, n: int, seed: int) -> dict[str, An
     return same_data.batch(0, int(n), process_index=EVAL_STREAM, split=split)
 
 
+def kid_subset_size(e: ml_collections.ConfigDict, num_real: int, num_fake: int) -> int:
+    """eval.kid_subset_size, at most half the smaller set: subsets as large as the set would all hold the same
+    samples, and their spread (kid_std) would say nothing."""
+    return max(2, min(int(e.kid_subset_size), min(num_real, num_fake) // 2))
+
+
 def evaluate_images(
     generated: np.ndarray,
     captions: Sequence[str],
@@ -155,7 +161,7 @@ def evaluate_images(
         real_features,
         fake,
         kid_subsets=int(e.kid_subsets),
-        kid_subset_size=int(e.kid_subset_size),
+        kid_subset_size=kid_subset_size(e, len(real_features), len(fake)),
         k=int(e.pr_k),
         seed=int(e.seed),
     )
@@ -204,6 +210,7 @@ def evaluate(exp: Any, params: Any, step: int, e: ml_collections.ConfigDict, log
         "feature_space": features.name,
         "feature_space_info": features.info,
         "num_samples": n,
+        "kid_subset_size": kid_subset_size(e, n, n),
         "reference": f"{n} real images per prompt set (split = prompt set, stream {EVAL_STREAM}, seed {e.seed})",
         "settings": e.to_dict(),
         "prompt_sets": run({}, 0),

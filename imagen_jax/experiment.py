@@ -50,7 +50,11 @@ class Experiment:
 
     def _boxed_state(self, rng: jax.Array) -> state_lib.TrainState:
         """The train state with its parameters still wrapped in logical-partitioning boxes."""
-        return state_lib.create(self.family.init(rng, self.example_batch(1)), self.family.make_optimizer())
+        return state_lib.create(
+            self.family.init(rng, self.example_batch(1)),
+            self.family.make_optimizer(),
+            getattr(self.family, "ema_of", None),  # e.g. the GAN averages only its generator
+        )
 
     def checkpointer(self) -> Checkpointer:
         train = self.config.train

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from imagen_jax.training.checkpoint import CheckpointError
 
 # Sections that define what is being trained; changing them mid-run would corrupt the experiment.
-FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "cascade", "stages")
+FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "gan", "cascade", "stages")
 # ... except how a cascade stage samples (stages.<name>.sample.*), which may change between runs, how the data
 # is read (worker processes, threads, prefetching, where the embeddings are joined, where TFDS data lives), and
 # data.* keys added to the config since the saved run (which then used their defaults).
@@ -201,7 +201,15 @@ def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
         raise UserError(f"Prompt number {blank[0] + 1} is empty; every prompt to sample needs some text.")
     if int(sample.num_per_prompt) < 1:
         raise UserError("sample.num_per_prompt must be >= 1.")
-    if config.family != "imagen":  # other families check their own sampling options (family.check_config)
+    if config.family != "imagen":  # other families check their own sampling options (check_sample_config)
+        from imagen_jax.models.family import get_family
+
+        check = getattr(get_family(config), "check_sample_config", None)  # also checks the model sections
+        if check is not None:
+            try:
+                check(sample)
+            except ValueError as err:
+                raise UserError(str(err)) from err
         return
     # A cascade (config.stages) says per stage how to sample; a single-stage config says it in config.sample.
     sections = (

@@ -7,6 +7,8 @@ A family is built from the experiment config and exposes pure functions over par
   generate(params, text_embeddings, text_mask, rng, **sampling options) -> images in [-1, 1]
   sampling_summary() -> str   (the default sampling settings, for the console)
 and optionally
+  ema_of(params) -> the part of params the EMA averages (default: all of it; the GAN averages its generator)
+  check_sample_config(config.sample) -> None, raising ValueError (checked at the door for non-Imagen families)
   after_training(exp, params, step) -> dict   (extra results after training, printed by main as "key: value";
                                                the VAE's held-out reconstructions and bits/dim)
 A batch is a dict: images float32 [B,H,W,3] in [-1,1], text_embeddings float32 [B,L,D], text_mask bool [B,L].
@@ -54,6 +56,12 @@ def _imagen(config: ml_collections.ConfigDict) -> Family:
     return ImagenFamily(config)
 
 
+def _gan(config: ml_collections.ConfigDict) -> Family:
+    from imagen_jax.models.gan import GanFamily
+
+    return GanFamily(config)
+
+
 def _vae(config: ml_collections.ConfigDict) -> Family:
     from imagen_jax.models.vae import VaeFamily
 
@@ -62,6 +70,7 @@ def _vae(config: ml_collections.ConfigDict) -> Family:
 
 FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Family]] = {
     "imagen": _imagen,
+    "gan": _gan,
     "vae": _vae,
 }
 
@@ -100,7 +109,9 @@ def _compiled_step_costs(family: Family, batch: dict[str, jax.ShapeDtypeStruct])
     from imagen_jax.training.trainer import compiled_flops
 
     boxed = jax.eval_shape(
-        lambda rng, b: state_lib.create(family.init(rng, b), family.make_optimizer()),
+        lambda rng, b: state_lib.create(
+            family.init(rng, b), family.make_optimizer(), getattr(family, "ema_of", None)
+        ),
         jax.random.key(0),
         batch,
     )

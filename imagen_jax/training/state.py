@@ -23,13 +23,18 @@ class TrainState:
     ema_params: PyTree
 
 
-def create(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh state at step 0 whose EMA starts at the initial parameters."""
+def create(
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    ema_of: Callable[[PyTree], PyTree] | None = None,
+) -> TrainState:
+    """A fresh state at step 0 whose EMA starts at the initial parameters: all of them, or the part ema_of(params)
+    picks (a family's ema_of, e.g. the GAN's generator)."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        ema_params=jax.tree.map(jnp.copy, params),
+        ema_params=jax.tree.map(jnp.copy, ema_of(params) if ema_of else params),
     )
 
 

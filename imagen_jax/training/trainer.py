@@ -264,9 +264,8 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
                         if peak is not None:
                             metrics["mfu"] = metrics["flops_per_sec"] / (peak * jax.device_count())
                     writer.write(step, metrics)
-                    progress.set_postfix(
-                        loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_sec']:.1f}"
-                    )
+                    losses = {k: f"{metrics[k]:.4f}" for k in ("loss", "d_loss", "g_loss") if k in metrics}
+                    progress.set_postfix(**losses, img_s=f"{metrics['images_per_sec']:.1f}")
                     window_start, window_steps, nonfinite.in_window = time.perf_counter(), 0, 0
                 if preemption.should_stop(step):
                     preempted = True

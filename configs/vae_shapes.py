@@ -61,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sample.temperature = 1.0  # prior standard deviation scale (vae) / softmax temperature (vq); 0: the mode
     for key in ("sampler", "steps", "guidance_scale", "thresholding", "dynamic_threshold_percentile"):
         del c.sample[key]  # diffusion sampling settings: not used by this family
+    c.eval.sweep_option = "temperature"  # mode=eval: FID vs alignment per temperature (not guidance_scale)
+    c.eval.sweep_values = (0.5, 0.8, 1.0)
 
     if "tiny" in words:
         c.model.dim = 8

@@ -155,13 +155,16 @@ def eval_settings(args: argparse.Namespace, first_config, config):
     """The shared eval settings (first config's, then the CLI's) with this model's own sweep."""
     from imagen_jax.evaluation import run as eval_run
 
-    shared = eval_run.settings_of(first_config)
-    settings = eval_run.settings_of(config)
+    shared = eval_run.settings_of(first_config, sweep=False)
+    settings = eval_run.settings_of(config, sweep=False)
     for key in SHARED_EVAL_KEYS:
         settings[key] = shared[key]
     for key in ("num_samples", "feature_space", "inception_weights", "cache_dir"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    own_sweep = settings.sweep_option in config.get("sample", {})  # a config may inherit another family's
+    if not own_sweep:
+        settings.sweep_option, settings.sweep_values = "", ()
     if not settings.sweep_option and config.family in DEFAULT_SWEEPS:
         settings.sweep_option, settings.sweep_values = DEFAULT_SWEEPS[config.family]
     if args.no_sweep:

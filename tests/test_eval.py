@@ -171,3 +171,13 @@ def test_compare_baselines_end_to_end(tmp_path, cache_dir, tiny_net):
     assert "python -m imagen_jax.main --config" in report and (out / "training_curves.png").exists()
     fid = result["prompt_sets"]["holdout"]["fid"]
     assert f"{fid:.4g}" in report
+
+
+def test_a_sweep_must_name_a_sampling_setting_of_the_config():
+    from imagen_jax.workdir import parse_command_line
+
+    argv = ["main", "--config", TINY, "--workdir", "/tmp/unused", "--config.eval.sweep_option=temperature"]
+    config, _, _ = parse_command_line(argv)
+    with pytest.raises(ValueError, match="not a sampling setting of this imagen config"):
+        eval_run.settings_of(config)
+    assert eval_run.settings_of(config, sweep=False).sweep_option == "temperature"

@@ -61,8 +61,9 @@ def default_settings() -> ml_collections.ConfigDict:
     return e
 
 
-def settings_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """default_settings() overridden by config.eval (absent keys keep their defaults), checked."""
+def settings_of(config: ml_collections.ConfigDict, sweep: bool = True) -> ml_collections.ConfigDict:
+    """default_settings() overridden by config.eval (absent keys keep their defaults), checked (the sweep too,
+    unless sweep=False: a caller that picks the sweep itself)."""
     settings = default_settings()
     own = config.get("eval")
     if own is not None:
@@ -71,7 +72,19 @@ def settings_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 raise ValueError(f"eval.{key} is not an eval setting; known: {', '.join(sorted(settings))}.")
             settings[key] = value
     check_settings(settings)
+    if sweep:
+        check_sweep(settings, config)
     return settings
+
+
+def check_sweep(e: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
+    """The swept option must be one of the family's sampling settings (a key of config.sample)."""
+    sample = config.get("sample") or {}
+    if e.sweep_option and e.sweep_option not in sample:
+        raise ValueError(
+            f"eval.sweep_option={e.sweep_option!r} is not a sampling setting of this {config.family} config "
+            f"(config.sample has {', '.join(sorted(sample))}); choose one of them, or '' for no sweep."
+        )
 
 
 def check_settings(e: ml_collections.ConfigDict) -> None:
@@ -316,6 +329,7 @@ def run_mode(
         )
     settings = settings_of(config) if settings is None else settings
     check_settings(settings)
+    check_sweep(settings, config)
     step = workdir_lib.require_checkpoint(workdir)
     exp = experiment.build(config, workdir)
     checkpointer = exp.checkpointer()

@@ -419,6 +419,13 @@ def main(argv: list[str] | None = None) -> str:
             train_argv = _main_argv(config_path, workdir, seed, overrides)
             print(f"== {model}, seed {seed}: {steps} steps into {workdir}", flush=True)
             train_seconds = _train(train_argv)
+            from imagen_jax.workdir import require_checkpoint
+
+            reached = require_checkpoint(workdir)
+            if reached != steps:  # a SIGTERM saves early and exits 0: never evaluate a half-trained run
+                raise SystemExit(
+                    f"{workdir} stopped at step {reached} of {steps}; run the same command to resume."
+                )
             config = load_config(config_path, workdir, seed, overrides)
             settings = eval_settings(args, first_config, config)
             report = evaluate_run(config, workdir, settings)

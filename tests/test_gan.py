@@ -332,7 +332,7 @@ def test_generate_with_truncation_and_noise_scale(tiny):
 # The entry point end to end -----------------------------------------------------------------------------------
 
 
-def test_main_trains_samples_resumes_and_checks_gan_options_at_the_door(tmp_path, capsys):
+def test_main_trains_samples_and_checks_gan_options_at_the_door(tmp_path, capsys):
     import json
 
     from imagen_jax.main import main
@@ -342,19 +342,16 @@ def test_main_trains_samples_resumes_and_checks_gan_options_at_the_door(tmp_path
     out, err = capsys.readouterr()
     assert code == 0, err
     assert (workdir / "samples" / "step_2.png").exists() and "held-out judge accuracy" in out
-    code = main(["m", "--config", CONFIG + ":tiny", "--workdir", str(workdir), "--config.train.steps=4"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert "Resuming from the checkpoint at step 2" in out
+    # (resuming is the trainer's, family-independent, and tested end to end in test_main and test_resume)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 4]
+    assert [r["step"] for r in records] == [2]
     assert {"d_loss", "g_loss", "real_score", "fake_score", "r1_penalty", "g_learning_rate"} <= set(
         records[-1]
     )
     code = main(["m", "--workdir", str(workdir), "--config.mode=sample", "--config.sample.truncation=0.7"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "truncation |z| <= 0.7" in out and (workdir / "samples" / "step_4.png").exists()
+    assert "truncation |z| <= 0.7" in out and "at step 2" in out
     for flag, message in (
         ("--config.sample.truncation=-1.0", "sample.truncation"),
         ("--config.gan.loss=relativistic", "not a GAN loss"),

@@ -6,6 +6,7 @@ import pathlib
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from configs import shapes_cascade
 from imagen_jax.main import main
@@ -14,6 +15,7 @@ from imagen_jax.models.imagen import ImagenFamily
 CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "shapes_cascade.py") + ":tiny"
 
 
+@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_describe_prints_one_json_object_per_stage(tmp_path, capsys):
     code = main(
         ["imagen_jax.main", "--config", CONFIG, "--workdir", str(tmp_path / "wd"), "--config.mode=describe"]

@@ -293,6 +293,7 @@ def test_nonfinite_step_is_skipped(tiny, jitted_step):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_wgan_gp_step_with_two_discriminator_steps_and_concat_conditioning():
     """WGAN-GP (no spectral norm, as in Gulrajani et al.), d_steps=2, text concatenated in D: one step makes two D
     updates and one G update, with a positive gradient penalty. (Every loss's math is checked above; the other

@@ -144,6 +144,7 @@ def test_accumulate_gradients_closed_form_and_rng_per_micro_batch():
     np.testing.assert_allclose(value, jnp.mean((x @ w - y) ** 2) + np.mean(micro_rng), rtol=1e-5)
 
 
+@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_two_micro_steps_equal_one_big_step(setup, jitted_step):
     """With a loss that does not depend on the rng (a fixed noise level and target per example), accumulating two
     micro-batches of 2 gives the update of one batch of 4: loss, gradient norm, parameters and optimizer state."""

@@ -5,18 +5,9 @@ python -m imagen_jax.main --config configs/gan_coco64.py --workdir W --config.te
 python -m imagen_jax.main --config configs/gan_coco64.py --workdir W --config.mode=describe   # sizes, FLOPs
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _sibling(name: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"imagen_jax_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,7 +15,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(
             f"Unknown config variant {arg!r}; use configs/gan_coco64.py or configs/gan_coco64.py:tiny"
         )
-    c = _sibling("gan_shapes").get_config()
+    c = sibling(__file__, "gan_shapes").get_config()
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
     c.data.image_size = 64

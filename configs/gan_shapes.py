@@ -5,18 +5,9 @@ python -m imagen_jax.main --config configs/gan_shapes.py --workdir /tmp/gan
 python -m imagen_jax.main --config configs/gan_shapes.py:tiny --workdir /tmp/gan_tiny   # seconds, for tests
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _quickstart():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-    spec = importlib.util.spec_from_file_location("imagen_jax_config_quickstart", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,7 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"Unknown config variant {arg!r}; use configs/gan_shapes.py or configs/gan_shapes.py:tiny"
         )
     # The quickstart's data, text encoder, sampling prompts, mesh and distributed sections, unchanged.
-    quick = _quickstart().get_config(arg or None)
+    quick = sibling(__file__, "quickstart").get_config(arg or None)
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | sample | describe
     c.seed = 0

@@ -16,20 +16,9 @@ a few percent of 2B / 600M / 400M (tests/test_cascade.py checks them with jax.ev
 The only built-in data are the shapes; a large captioned image source is needed for a real run.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _sibling(name: str):
-    """Another config file of this folder, loaded by path (so it works from any working directory)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"imagen_jax_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from imagen_jax.config_files import sibling
 
 STAGES = ("base64", "sr256", "sr1024")
 
@@ -89,7 +78,8 @@ def cascade_sample_section(prompts: tuple[str, ...]) -> ml_collections.ConfigDic
 
 
 def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collections.ConfigDict:
-    c = _sibling("quickstart").get_config()  # the shared sections: data, text, train, mesh, distributed
+    # the shared sections: data, text, train, mesh, distributed
+    c = sibling(__file__, "quickstart").get_config()
     del c.model, c.diffusion
     c.train_stage = train_stage
     c.cascade = STAGES
@@ -162,7 +152,7 @@ def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collec
     )
 
     if arg == "tiny":  # the same cascade at 8 -> 16 -> 32 and tiny widths, seconds long, for tests
-        tiny = _sibling("quickstart").get_config("tiny")
+        tiny = sibling(__file__, "quickstart").get_config("tiny")
         c.text, c.train = tiny.text, tiny.train
         c.data.image_size = 32
         c.sample.prompts, c.sample.num_per_prompt = tiny.sample.prompts, 1

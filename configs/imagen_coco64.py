@@ -6,22 +6,13 @@ python -m imagen_jax.main --config configs/imagen_coco64.py --workdir /tmp/image
     --config.data.tfds_data_dir=/data/tfds [--config.text.pretrained_dir=/data/t5-v1_1-base]
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _quickstart():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-    spec = importlib.util.spec_from_file_location("imagen_jax_config_quickstart", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = _quickstart().get_config(arg)
+    c = sibling(__file__, "quickstart").get_config(arg)
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
     c.data.crop = "random"

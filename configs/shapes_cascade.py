@@ -7,30 +7,20 @@ python -m imagen_jax.main --config.mode=sample --workdir /tmp/sc --prompt "a lar
 Tiny variant (8 -> 16, seconds): configs/shapes_cascade.py:tiny
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _sibling(name: str):
-    """Another config file of this folder, loaded by path (so it works from any working directory)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"imagen_jax_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    quickstart = _sibling("quickstart")
+    quickstart = sibling(__file__, "quickstart")
     c = quickstart.get_config("tiny" if arg == "tiny" else None)  # data, text, train, mesh, distributed
     base_model, base_diffusion, base_sample = c.model, c.diffusion, c.sample
     del c.model, c.diffusion
     c.train_stage = "base16"
     c.cascade = ("base16", "sr32")
     c.data.image_size = 32
-    c.sample = _sibling("imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
+    c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
     c.sample.judge_prompts = base_sample.judge_prompts
     how = lambda **extra: ml_collections.ConfigDict(
         {k: base_sample[k] for k in ("sampler", "steps", "guidance_scale", "thresholding")}

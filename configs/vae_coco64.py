@@ -7,11 +7,11 @@ python -m imagen_jax.main --config configs/vae_coco64.py:vq --workdir /tmp/vq_co
 
 import ml_collections
 
-from configs import vae_shapes
+from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = vae_shapes.get_config(arg)
+    c = sibling(__file__, "vae_shapes").get_config(arg)
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
     c.data.image_size = 64

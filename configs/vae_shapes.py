@@ -16,7 +16,7 @@ coloured, placed shapes by step 300. Its discretised bits/dim cannot go below ~5
 
 import ml_collections
 
-from configs import quickstart
+from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(
             f"Unknown config variant(s) {sorted(unknown)}; use configs/vae_shapes.py[:tiny|vq|logistic, ...]"
         )
-    c = quickstart.get_config("tiny" if "tiny" in words else None)  # data, text, train, sample, mesh sections
+    # the quickstart's data, text, train, sample and mesh sections
+    c = sibling(__file__, "quickstart").get_config("tiny" if "tiny" in words else None)
     c.family = "vae"
     del c.diffusion
 

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--feature_space", choices=("shapes", "inception"), help="eval.feature_space")
     p.add_argument("--inception_weights", help="eval.inception_weights (with --feature_space inception)")
     p.add_argument("--cache_dir", help="eval.cache_dir (the shapes feature network's cache)")
-    p.add_argument("--no_sweep", action="store_true", help="skip the sampling-option sweeps")
+    p.add_argument("--no_sweep", action="store_true", help="skip the sampling-option sweeps (otherwise run on seed 0)")
     p.add_argument(
         "--set",
         action="append",
@@ -151,8 +151,9 @@ def steps_for_budget(
     return max(1, int(args.budget_minutes * 60 * float(sorted(rates)[len(rates) // 2]) / batch_size))
 
 
-def eval_settings(args: argparse.Namespace, first_config, config):
-    """The shared eval settings (first config's, then the CLI's) with this model's own sweep."""
+def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0):
+    """The shared eval settings (first config's, then the CLI's) with this model's own sweep (seed 0 only: the
+    report plots seed 0's curve, and a sweep costs a full evaluation per value)."""
     from imagen_jax.evaluation import run as eval_run
 
     shared = eval_run.settings_of(first_config, sweep=False)
@@ -167,7 +168,7 @@ def eval_settings(args: argparse.Namespace, first_config, config):
         settings.sweep_option, settings.sweep_values = "", ()
     if not settings.sweep_option and config.family in DEFAULT_SWEEPS:
         settings.sweep_option, settings.sweep_values = DEFAULT_SWEEPS[config.family]
-    if args.no_sweep:
+    if args.no_sweep or seed > 0:
         settings.sweep_option, settings.sweep_values = "", ()
     eval_run.check_settings(settings)
     return settings
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> str:
                     f"{workdir} stopped at step {reached} of {steps}; run the same command to resume."
                 )
             config = load_config(config_path, workdir, seed, overrides)
-            settings = eval_settings(args, first_config, config)
+            settings = eval_settings(args, first_config, config, seed)
             report = evaluate_run(config, workdir, settings)
             runs.append(
                 {

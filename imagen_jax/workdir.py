@@ -190,6 +190,9 @@ def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
         minimum = 0 if key == "steps" else 1
         if int(train[key]) < minimum:
             raise UserError(f"train.{key}={train[key]} must be >= {minimum}.")
+    from imagen_jax.training.state import optimizer_name
+
+    optimizer_name(train)  # train.optimizer names an optimizer (the GAN and VAE families take Adam only)
     sample_prompts = list(prompts) or list(sample.prompts)
     if not sample_prompts:
         raise UserError(

@@ -205,7 +205,8 @@ class ImagenFamily:
         ]
 
     def make_optimizer(self) -> optax.GradientTransformation:
-        return state_lib.adam_with_warmup(self.config.train)
+        """train.optimizer (Adam or Adafactor) after gradient clipping, on the warm-up schedule."""
+        return state_lib.make_optimizer(self.config.train)
 
     def loss(
         self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True

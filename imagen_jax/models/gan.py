@@ -514,8 +514,8 @@ class GanFamily:
 
     config.gan: loss (LOSSES), d_steps (D updates per G update), mismatch_weight (share of D's fake term given to
     real images with a wrong caption), r1_gamma, gp_weight. config.train: g_learning_rate, d_learning_rate,
-    adam_b1, adam_b2, warmup_steps, grad_clip (per network; 0 = off), ema_decay. config.sample: truncation,
-    noise_scale (defaults of generate's options).
+    adam_b1, adam_b2, warmup_steps, grad_clip (per network; 0 = off), ema_decay; train.optimizer must be "adam" (or
+    absent). config.sample: truncation, noise_scale (defaults of generate's options).
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -527,6 +527,12 @@ class GanFamily:
             raise ValueError(
                 "train.grad_accum_steps must be 1 for the GAN family: its D loss pairs captions across the "
                 "whole batch and its step makes D and G updates in turn."
+            )
+        if str(config.train.get("optimizer", "adam")) != "adam":
+            raise ValueError(
+                f"train.optimizer={config.train.optimizer!r}: the GAN family trains its generator and "
+                "discriminator with Adam only (train.g_learning_rate, d_learning_rate, adam_b1, adam_b2); set "
+                "train.optimizer=adam."
             )
         if gan.loss not in LOSSES:
             raise ValueError(f"gan.loss={gan.loss!r} is not a GAN loss; choose one of {LOSSES}.")

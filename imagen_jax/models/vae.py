@@ -229,6 +229,11 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
         )
     if int(config.train.get("grad_accum_steps", 1)) != 1:
         raise ValueError("The vae family trains without gradient accumulation: set train.grad_accum_steps=1.")
+    if str(config.train.get("optimizer", "adam")) != "adam":
+        raise ValueError(
+            f"train.optimizer={config.train.optimizer!r}: the vae family trains with Adam only; set "
+            "train.optimizer=adam."
+        )
 
 
 class VaeFamily:

@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 32
     c.train.g_learning_rate = 2e-4
     c.train.d_learning_rate = 4e-4  # two-timescale update rule (TTUR)
+    c.train.optimizer = "adam"  # the GAN family trains both networks with Adam only
     c.train.adam_b1 = 0.0
     c.train.adam_b2 = 0.9
     c.train.warmup_steps = 0

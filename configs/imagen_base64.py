@@ -9,4 +9,6 @@ from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return sibling(__file__, "imagen_cascade").get_config(arg, train_stage="base64")
+    c = sibling(__file__, "imagen_cascade").get_config(arg, train_stage="base64")
+    c.train.optimizer = "adafactor"  # as the paper trained its base model (the SR stages keep Adam)
+    return c

@@ -91,6 +91,7 @@ def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collec
     c.text.dtype = "bfloat16"
     c.text.t5.update(dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24))  # T5-XXL
     c.train.update(dict(steps=2_500_000, batch_size=2048, learning_rate=1e-4, warmup_steps=10_000))
+    c.train.optimizer = "adam"  # the SR stages (paper); configs/imagen_base64.py sets adafactor
     c.train.update(dict(ema_decay=0.9999, log_every=100, checkpoint_every=5000, keep_checkpoints=3))
     c.sample = cascade_sample_section(("a photo of a corgi wearing a red hat",))
 

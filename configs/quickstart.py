@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.steps = 500
     c.train.batch_size = 32
     c.train.learning_rate = 1e-3
+    c.train.optimizer = "adam"  # adam | adafactor (factored second moments; the imagen family only)
     c.train.warmup_steps = 100
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.99  # 0.99**500 < 1%: the EMA forgets the random init within this short run

@@ -202,7 +202,7 @@ def test_adafactor_update_runs_sharded_matches_unsharded_and_survives_a_checkpoi
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow  # two U-Net train-step compilations: about 45 s of CPU
+@pytest.mark.slow  # two U-Net train-step compilations: 25 s of CPU (the update test above compiles less)
 def test_a_sharded_adafactor_train_step_matches_the_unsharded(sharded_setup):
     family, batch, _, mesh, shardings, state = sharded_setup
     batch_shardings = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
@@ -220,9 +220,8 @@ def test_a_sharded_adafactor_train_step_matches_the_unsharded(sharded_setup):
         assert float(metrics["nonfinite"]) == 0.0
         np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-15), new.opt_state, ref.opt_state
-    )
+    close_v = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-15 + 1e-4 * float(jnp.max(b)))
+    jax.tree.map(close_v, new.opt_state, ref.opt_state)
     # Biases right before a GroupNorm have zero gradient up to rounding (~1e-10, a mean second moment v below
     # 1e-12); Adafactor scales that noise to steps of the learning rate with arbitrary signs, so their parameters
     # are compared through v only.

@@ -104,7 +104,6 @@ def _random_params(family, stage_name, seed):
     )
 
 
-@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_generate_cascade_chains_stages_and_can_start_or_stop_anywhere():
     family = ImagenFamily(shapes_cascade.get_config("tiny"))  # base16: 8x8, sr32: 8 -> 16
     params = {"base16": _random_params(family, "base16", 0), "sr32": _random_params(family, "sr32", 5)}
@@ -144,7 +143,6 @@ def _run(capsys, *args):
     return code, out, err
 
 
-@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_cascade_end_to_end_stage_by_stage_on_the_command_line(tmp_path, capsys):
     tiny = str(CONFIGS / "shapes_cascade.py") + ":tiny"
     workdir = tmp_path / "wd"

@@ -130,7 +130,6 @@ def test_eval_mode_refuses_bad_settings_and_untrained_workdirs(tmp_path, capsys)
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_compare_baselines_end_to_end(tmp_path, cache_dir, tiny_net):
     out = tmp_path / "cmp"
     argv = [

@@ -168,10 +168,11 @@ def test_two_micro_steps_equal_one_big_step(setup, jitted_step):
         accum_family.loss = deterministic_loss
         results.append(jax.jit(accum_family.train_step)(state, batch, jax.random.key(5)))
     (one, m1), (two, m2) = results
+    # float32 sums in another order (2.9e-5 relative at XLA's optimisation level 0); a wrong average is O(1)
     for key in ("loss", "grad_norm"):
-        np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=1e-5)
+        np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=1e-4)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
     assert not _tree_equal(one.params, state.params)  # the step did move the parameters
 
 

@@ -46,7 +46,6 @@ def test_output_shape_and_zero_init():
     np.testing.assert_array_equal(np.asarray(out), 0.0)  # zero-initialised output convolution
 
 
-@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_padded_tokens_do_not_matter():
     model = UNet(**TINY)
     x, log_snr, text, mask = _inputs()
@@ -71,7 +70,6 @@ def test_dropped_text_equals_empty_prompt():
     assert np.all(np.isfinite(np.asarray(empty)))
 
 
-@pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_remat_gives_same_gradients():
     args = _inputs()
     plain, remat = UNet(**TINY), UNet(**TINY, remat=True)

@@ -10,15 +10,19 @@ Two measurements per framework:
 
 imagen-pytorch must live in its own venv (it pins its own torch), e.g.
     python3 -m venv /tmp/lucid && /tmp/lucid/bin/pip install torch==2.13.0 imagen-pytorch
+    /tmp/lucid/bin/pip uninstall -y torchvision   # PyPI's is a CUDA build that fails beside a CPU torch
 and is run as a subprocess of this script (it fetches a T5 config at import; that is faked offline here):
     python experiments/benchmarks/unet_train_throughput.py --torch-python /tmp/lucid/bin/python
-Prints one JSON line per measurement and the ratios; --out writes them to a JSON file.
+Prints one JSON line per measurement (median seconds per step) and the ratios; --out writes them to a JSON
+file. Run it on an otherwise idle machine: under load the two frameworks lose unequal shares of the CPU.
 """
 
 import argparse
+import enum
 import importlib.machinery
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -28,13 +32,16 @@ BATCH, SIZE, TOKENS, TEXT_WIDTH = 16, 32, 16, 64
 
 
 def _time(step, warmup: int, repeats: int) -> float:
-    """Seconds per call of step() (which must block until its result is ready), after `warmup` calls."""
+    """Median seconds per call of step() (which must block until its result is ready) over `repeats` timed
+    calls, after `warmup` untimed ones: the median shrugs off a call slowed by another process."""
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def jax_results(warmup: int, repeats: int) -> list[dict]:
@@ -110,6 +117,10 @@ def torch_results(warmup: int, repeats: int) -> list[dict]:
         stub.transforms = types.ModuleType("torchvision.transforms")
         stub.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
         stub.transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", None)
+        # transformers >= 5 imports this name whenever torchvision looks installed
+        stub.transforms.InterpolationMode = enum.Enum(
+            "InterpolationMode", "NEAREST NEAREST_EXACT BILINEAR BICUBIC BOX HAMMING LANCZOS"
+        )
         sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
     from imagen_pytorch import Unet
 

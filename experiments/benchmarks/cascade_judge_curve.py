@@ -68,12 +68,12 @@ def main() -> None:
         real = jnp.asarray(real, jnp.float32) / 127.5 - 1
         real_lowres = np.asarray(resize(resize(real, target.image_size), target.lowres_size))
 
+    inputs = {"text": None} | ({"real_lowres": real_lowres} if real_lowres is not None else {})
     rows = []
     for step in steps:
         state, _ = stage_exp.restore(checkpointer, step)
         weights = {"ema": state.ema_params} | ({"raw": state.params} if args.raw else {})
         for name, params in weights.items():
-            inputs = {"text": None} | ({"real_lowres": real_lowres} if real_lowres is not None else {})
             for source, lowres in inputs.items():
                 start = time.perf_counter()
                 images = sample.generate_cascade_for_prompts(

@@ -7,14 +7,11 @@ python -m imagen_jax.main --config configs/gan_coco64.py --workdir W --config.mo
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "tiny"):
-        raise ValueError(
-            f"Unknown config variant {arg!r}; use configs/gan_coco64.py or configs/gan_coco64.py:tiny"
-        )
+    variant = parse_arg(arg, tiny=False)
     c = sibling(__file__, "gan_shapes").get_config()
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
@@ -42,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sample.judge_prompts = 0  # the analytic judge reads shapes scenes only
     c.mesh.cpu_devices = 0
 
-    if arg == "tiny":
+    if variant.tiny:
         c.text.t5.update(dict(d_model=32, d_kv=8, d_ff=64, num_heads=2, num_layers=1))
         c.text.max_length = 16
         g.update(

@@ -7,16 +7,13 @@ python -m imagen_jax.main --config configs/gan_shapes.py:tiny --workdir /tmp/gan
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "tiny"):
-        raise ValueError(
-            f"Unknown config variant {arg!r}; use configs/gan_shapes.py or configs/gan_shapes.py:tiny"
-        )
+    variant = parse_arg(arg, tiny=False)
     # The quickstart's data, text encoder, sampling prompts, mesh and distributed sections, unchanged.
-    quick = sibling(__file__, "quickstart").get_config(arg or None)
+    quick = sibling(__file__, "quickstart").get_config(arg)
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | sample | describe
     c.seed = 0
@@ -80,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = quick.mesh
     c.distributed = quick.distributed
 
-    if arg == "tiny":  # the quickstart's tiny data and text encoder (16px), a tiny GAN, 4 steps
+    if variant.tiny:  # the quickstart's tiny data and text encoder (16px), a tiny GAN, 4 steps
         c.model.generator.noise_dim = 8
         c.model.generator.dim = 8
         c.model.generator.channel_mult = (1, 2, 2)  # 16, 8, 4

@@ -8,10 +8,11 @@ python -m imagen_jax.main --config configs/imagen_coco64.py --workdir /tmp/image
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_arg(arg, tiny=False)
     c = sibling(__file__, "quickstart").get_config(arg)
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "a red double decker bus on a city street",
         "a cat sleeping on a laptop keyboard",
     )
-    if arg != "tiny":
+    if not variant.tiny:
         c.data.image_size = 64
         c.text.vocab_size = 8000  # a tokenizer trained on the COCO captions, when no pretrained T5 is given
         c.text.max_length = 64

@@ -6,29 +6,23 @@ python -m imagen_jax.main --config configs/quickstart.py:tiny --workdir /tmp/qs_
 
 import ml_collections
 
+from imagen_jax.config_files import parse_arg
+from imagen_jax.data import pipeline
+from imagen_jax.evaluation import run
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_arg(arg, tiny=False)
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | sample | eval | describe
     c.seed = 0
     c.family = "imagen"
 
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "shapes"
+    c.data = pipeline.data_defaults()  # imagen_jax/data/pipeline.py: DATA_DEFAULTS, the options' meanings
+    c.data.source = "shapes"  # shapes (built in) | tfds: a prepared TFDS dataset through the Grain pipeline
     c.data.image_size = 32
-    c.data.max_objects = 1  # 1: one object with an absolute position; 2: also two-object scenes with a relation
+    c.data.max_objects = 1  # 1: one object, an absolute position; 2: also two-object scenes with a relation
     c.data.holdout_combinations = True  # reserve (colour, shape) pairs for evaluation only
-    # data.source = "tfds": a prepared TFDS dataset through the Grain pipeline (imagen_jax/data/pipeline.py)
-    c.data.tfds_name = "imagen_jax_shapes/32px"  # e.g. coco_captions, cifar10, mnist, imagen_jax_shapes/64px
-    c.data.tfds_data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.data.tfds_split = "train"
-    c.data.caption_template = ""  # class-labelled datasets; "": the dataset's ("a photo of a {label}")
-    c.data.shuffle_seed = -1  # -1: the config's seed
-    c.data.crop = "center"  # center | random | none: the square cut before resizing to image_size
-    c.data.random_flip = False  # mirror half the images, swapping "left" and "right" in their captions
-    c.data.worker_count = 0  # Grain worker processes; 0: this process (read_threads threads)
-    c.data.read_threads = 2
-    c.data.text_join = False  # the pipeline looks up each batch's text embeddings (cache of mode=encode_text)
 
     c.text = ml_collections.ConfigDict()
     c.text.pretrained_dir = ""  # a local Hugging Face T5 checkpoint directory; empty: the built-in encoder
@@ -61,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"
-    c.diffusion.prediction = "v"  # well-conditioned at every noise level: few-step samplers work early in training
+    c.diffusion.prediction = "v"  # well-conditioned at all noise levels: few-step samplers work early on
     c.diffusion.loss_weighting = "uniform"  # uniform | min_snr
     c.diffusion.min_snr_gamma = 5.0
     c.diffusion.cond_drop_prob = 0.1  # text dropped this often, for classifier-free guidance
@@ -112,33 +106,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # per step); -1: one per core (a divisor of the batch), 0: JAX's default single CPU device.
     c.mesh.cpu_devices = -1
 
-    c.eval = ml_collections.ConfigDict()  # mode=eval (imagen_jax/evaluation/run.py)
-    c.eval.num_samples = 1000  # generated images per prompt set, and as many real reference images
-    c.eval.prompt_sets = ("train", "holdout")  # captions of the training split / with held-out colour-shape pairs
-    c.eval.feature_space = "shapes"  # shapes (a small CNN trained once on the shapes data) | inception
-    c.eval.inception_weights = ""  # local pytorch-fid pt_inception-2015-12-05-6726825d.pth, for inception
-    c.eval.cache_dir = ""  # the shapes feature network's cache; "": $IMAGEN_JAX_CACHE or ~/.cache/imagen_jax
-    c.eval.feature_net = ml_collections.ConfigDict()  # the shapes feature network (its spec keys the cache)
-    c.eval.feature_net.widths = (16, 32, 64)
-    c.eval.feature_net.feature_dim = 128
-    c.eval.feature_net.steps = 500
-    c.eval.feature_net.batch_size = 64
-    c.eval.kid_subsets = 100
-    c.eval.kid_subset_size = 500
-    c.eval.pr_k = 3
-    c.eval.seed = 0
-    c.eval.batch_size = 64  # prompts per generate call
-    c.eval.grid_images = 16
+    c.eval = run.default_settings()  # mode=eval: imagen_jax/evaluation/run.py, the settings' meanings
     c.eval.sweep_option = "guidance_scale"  # FID vs alignment for each value (eval/<step>_sweep.png)
     c.eval.sweep_values = (1.0, 3.0, 5.0)
 
     c.distributed = ml_collections.ConfigDict()  # multi-process runs (parallel.initialize_distributed)
     c.distributed.initialize = "auto"  # auto: when an address is given or a SLURM/TPU/MPI job is detected
-    c.distributed.coordinator_address = ""  # host:port of process 0; "" = $JAX_COORDINATOR_ADDRESS or the cluster
+    c.distributed.coordinator_address = ""  # host:port of process 0; "": $JAX_COORDINATOR_ADDRESS or cluster
     c.distributed.num_processes = -1  # -1 = $JAX_NUM_PROCESSES or the cluster's (1 when there is none)
     c.distributed.process_id = -1  # -1 = $JAX_PROCESS_ID or the cluster's
 
-    if arg == "tiny":  # the same experiment, seconds long, for tests
+    if variant.tiny:  # the same experiment, seconds long, for tests
         c.text.t5.d_model = 32
         c.text.t5.d_ff = 64
         c.text.t5.num_heads = 2
@@ -169,8 +147,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.feature_net.batch_size = 32
         c.eval.grid_images = 4
         c.eval.sweep_values = (1.0, 3.0)
-    elif arg:
-        raise ValueError(
-            f"Unknown config variant {arg!r}; use configs/quickstart.py or configs/quickstart.py:tiny"
-        )
     return c

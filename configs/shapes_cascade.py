@@ -6,12 +6,12 @@ python -m imagen_jax.main --config configs/shapes_cascade.py:sr32 --workdir /tmp
 python -m imagen_jax.main --config.mode=sample --workdir /tmp/sc --prompt "a large red circle at the top"
 Each stage trains for its own length with its own EMA (STAGE_TRAIN); flags still override them. The times are
 wall minutes on an idle 2-core CPU; the README's "Cascade" section gives the judge accuracy they reach.
-Tiny variant (8 -> 16, seconds): configs/shapes_cascade.py:tiny
+Tiny variant (8 -> 16, seconds): configs/shapes_cascade.py:tiny (and :sr32,tiny for its SR stage)
 """
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
 
 # Training length and EMA per stage. EMA decay 0.999 averages over ~1000 steps, too long for the SR stage's
 # 2000 steps (its EMA weights still held 14% of the early, unconverged ones: 0.75 vs the raw weights' 1.00
@@ -23,13 +23,13 @@ STAGE_TRAIN = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    # stage: the one this run trains (:sr32 or :stage=sr32); tiny: 8 -> 16 at tiny widths
+    variant = parse_arg(arg, stage=tuple(STAGE_TRAIN), tiny=False)
     quickstart = sibling(__file__, "quickstart")
-    if arg not in (None, "tiny", "sr32"):
-        raise ValueError(f"Unknown config variant {arg!r}; use configs/shapes_cascade.py, :sr32 or :tiny")
-    c = quickstart.get_config("tiny" if arg == "tiny" else None)  # data, text, train, mesh, distributed
+    c = quickstart.get_config("tiny" if variant.tiny else None)  # data, text, train, mesh, distributed
     base_model, base_diffusion, base_sample = c.model, c.diffusion, c.sample
     del c.model, c.diffusion
-    c.train_stage = "base16"
+    c.train_stage = variant.stage
     c.cascade = ("base16", "sr32")
     c.data.image_size = 32
     c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
@@ -66,12 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
 
-    if arg in (None, "sr32"):  # the measured recipe: batch 64, a checkpoint every 500 steps
-        c.train_stage = arg or "base16"
+    if not variant.tiny:  # the measured recipe: batch 64, a checkpoint every 500 steps
         c.train.update(dict(batch_size=64, checkpoint_every=500, keep_every=1000, log_every=100))
         c.train.update(STAGE_TRAIN[c.train_stage])
         c.sample.judge_prompts = 256  # held-out prompts judged after each stage's training
-    elif arg == "tiny":  # 8 -> 16 at tiny widths, seconds long, for tests
+    else:  # 8 -> 16 at tiny widths, seconds long, for tests
         c.data.image_size = 16
         c.cascade = ("base16", "sr32")
         c.stages.base16.image_size = 8

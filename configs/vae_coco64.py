@@ -7,15 +7,17 @@ python -m imagen_jax.main --config configs/vae_coco64.py:vq --workdir /tmp/vq_co
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = sibling(__file__, "vae_shapes").get_config(arg)
+    vae_shapes = sibling(__file__, "vae_shapes")
+    variant = parse_arg(arg, **vae_shapes.VARIANTS)
+    c = vae_shapes.get_config(arg)
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
     c.data.image_size = 64
-    if "tiny" not in (arg or "").split(","):
+    if not variant.tiny:
         c.model.dim = 64
         c.model.channel_mult = (1, 2, 2, 4)  # 64 -> 8x8 latent grid
         c.model.num_res_blocks = 2

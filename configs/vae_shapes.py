@@ -16,24 +16,22 @@ coloured, placed shapes by step 300. Its discretised bits/dim cannot go below ~5
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
+
+# The variants (flags that combine, e.g. :vq,tiny), shared with configs/vae_coco64.py.
+VARIANTS = dict(tiny=False, vq=False, logistic=False)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    words = [w for w in (arg or "").split(",") if w]
-    unknown = set(words) - {"tiny", "vq", "logistic"}
-    if unknown:
-        raise ValueError(
-            f"Unknown config variant(s) {sorted(unknown)}; use configs/vae_shapes.py[:tiny|vq|logistic, ...]"
-        )
+    variant = parse_arg(arg, **VARIANTS)
     # the quickstart's data, text, train, sample and mesh sections
-    c = sibling(__file__, "quickstart").get_config("tiny" if "tiny" in words else None)
+    c = sibling(__file__, "quickstart").get_config("tiny" if variant.tiny else None)
     c.family = "vae"
     del c.diffusion
 
     c.model = ml_collections.ConfigDict()
-    c.model.variant = "vq" if "vq" in words else "vae"  # vae | vq
-    c.model.likelihood = "logistic" if "logistic" in words else "gaussian"  # gaussian | logistic (256 bins)
+    c.model.variant = "vq" if variant.vq else "vae"  # vae | vq
+    c.model.likelihood = "logistic" if variant.logistic else "gaussian"  # gaussian | logistic (256 bins)
     c.model.gaussian_variance = "fixed"  # fixed (at fixed_sigma) | learned (per pixel); gaussian only
     c.model.fixed_sigma = 0.1
     c.model.dim = 16
@@ -65,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.sweep_option = "temperature"  # mode=eval: FID vs alignment per temperature (not guidance_scale)
     c.eval.sweep_values = (0.5, 0.8, 1.0)
 
-    if "tiny" in words:
+    if variant.tiny:
         c.model.dim = 8
         c.model.channel_mult = (1, 2)
         c.model.latent_channels = 4

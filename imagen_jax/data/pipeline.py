@@ -33,22 +33,35 @@ from imagen_jax.data.shapes import ShapesDataset
 
 SOURCES = ("shapes", "tfds")
 CROPS = ("center", "random", "none")  # square crop before resizing; "none" resizes the whole image (squashes)
-# Defaults of the optional data.* keys (a config may leave them out).
+# Defaults of the data.* keys other than the four each config names (source, image_size, max_objects,
+# holdout_combinations): the one place they are written. The config files start their data section from
+# data_defaults(); data_option() serves them to a saved config that predates a key.
 DATA_DEFAULTS: dict[str, Any] = {
-    "tfds_name": "imagen_jax_shapes/32px",
+    # data.source = "tfds": a prepared TFDS dataset through the Grain pipeline
+    "tfds_name": "imagen_jax_shapes/32px",  # e.g. coco_captions, cifar10, mnist, imagen_jax_shapes/64px
     "tfds_data_dir": "",  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
     "tfds_split": "train",
     "caption_template": "",  # class-labelled datasets; "": the dataset's own ("a photo of a {label}")
     "shuffle_seed": -1,  # -1: config.seed
-    "crop": "center",
-    "random_flip": False,
-    "worker_count": 0,  # 0: read in this process (threads); > 0: that many Grain worker processes
+    "crop": "center",  # center | random | none: the square cut before resizing to image_size
+    "random_flip": False,  # mirror half the images, swapping "left" and "right" in their captions
+    "worker_count": 0,  # 0: read in this process (read_threads threads); > 0: that many Grain worker processes
     "read_threads": 2,
     "prefetch_batches": 4,
     "text_join": False,  # look up text embeddings in the pipeline (the cache of mode=encode_text serves them)
     "sr_crop": 0,  # > 0: random crops of this side plus "lowres_images" (their sr_lowres_size versions)
     "sr_lowres_size": 0,
 }
+# Keys of DATA_DEFAULTS that data_defaults() leaves out, so that a config shows them only when it sets them:
+# the prefetch depth (a tuning knob) and the pipeline's SR crops (set by hand where used; cascades crop in
+# the model instead).
+UNLISTED_DATA_KEYS = ("prefetch_batches", "sr_crop", "sr_lowres_size")
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    """A config file's data section before the experiment's own settings: DATA_DEFAULTS less UNLISTED_DATA_KEYS
+    (a new ConfigDict on each call, for the caller to change)."""
+    return ml_collections.ConfigDict({k: v for k, v in DATA_DEFAULTS.items() if k not in UNLISTED_DATA_KEYS})
 
 
 def data_option(data: ml_collections.ConfigDict, key: str) -> Any:

@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--feature_space", choices=("shapes", "inception"), help="eval.feature_space")
     p.add_argument("--inception_weights", help="eval.inception_weights (with --feature_space inception)")
     p.add_argument("--cache_dir", help="eval.cache_dir (the shapes feature network's cache)")
-    p.add_argument("--no_sweep", action="store_true", help="skip the sampling-option sweeps (otherwise run on seed 0)")
+    p.add_argument(
+        "--no_sweep", action="store_true", help="skip the sampling-option sweeps (otherwise run on seed 0)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -175,9 +177,9 @@ def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0)
 
 
 def evaluate_run(config, workdir: str, settings) -> dict[str, Any]:
-    from imagen_jax.evaluation import run as eval_run
+    from imagen_jax.modes import evaluate
 
-    return eval_run.run_mode(config, workdir, settings)
+    return evaluate.run(config, workdir, settings=settings)
 
 
 # ------------------------------------------------------------------------------------------------- summary

@@ -1,5 +1,6 @@
-"""What an experiment config builds: the dataset, the frozen text encoder, the model family, the mesh, and the
-sharded train-state layout. Shared by training, sampling and evaluation, so they can never disagree."""
+"""What an experiment config builds, in one step: the dataset, the frozen text encoder, the model family, the
+training program (optimizer + step), the mesh, and the sharded train-state layout. Shared by training, sampling,
+evaluation and describe, so they can never disagree."""
 
 import dataclasses
 import os
@@ -12,37 +13,67 @@ import ml_collections
 from jax.sharding import Mesh
 
 from imagen_jax import parallel
+from imagen_jax import workdir as workdir_lib
 from imagen_jax.data import pipeline
 from imagen_jax.data.shapes import ShapesDataset
-from imagen_jax.models.family import Family, get_family
+from imagen_jax.models.family import Family
+from imagen_jax.models.registry import get_family
 from imagen_jax.text.encoder import PromptEncoder, build_text_encoder, text_cache_dir, with_cache
+from imagen_jax.training import hparams as hparams_lib
 from imagen_jax.training import state as state_lib
-from imagen_jax.training.checkpoint import Checkpointer, abstract_like
+from imagen_jax.training import steps
+from imagen_jax.training.checkpoint import Checkpointer, CheckpointError, abstract_like
 
 PyTree = Any
 
 
-@dataclasses.dataclass
+def example_batch(image_size: int, text_length: int, text_dim: int, batch_size: int) -> dict[str, jax.Array]:
+    """Zeros with the shapes of a training batch: images [B,S,S,3], text_embeddings [B,L,D], text_mask [B,L]."""
+    return {
+        "images": jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32),
+        "text_embeddings": jnp.zeros((batch_size, text_length, text_dim), jnp.float32),
+        "text_mask": jnp.ones((batch_size, text_length), bool),
+    }
+
+
+def boxed_state(
+    family: Family, optimizer: Any, batch: dict[str, jax.Array], rng: jax.Array
+) -> state_lib.TrainState:
+    """A fresh train state for `batch`'s shapes, its parameters still in their logical-partitioning boxes."""
+    return state_lib.create(family.init(rng, batch), optimizer, family.ema_of)
+
+
+def abstract_state(
+    family: Family, optimizer: Any, batch: dict[str, jax.Array], mesh: Mesh
+) -> tuple[PyTree, PyTree]:
+    """(ShapeDtypeStructs, NamedShardings) of the unboxed train state, nothing allocated: what init, restore,
+    sampling, describe and AOT compilation all start from."""
+    boxed = jax.eval_shape(lambda rng: boxed_state(family, optimizer, batch, rng), jax.random.key(0))
+    return nn.meta.unbox(boxed), parallel.logical_shardings(boxed, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
+    """Everything a config builds for a run. `workdir` is the run's top folder; `run_dir` is where this run's
+    checkpoints and metrics live (workdir itself, or <workdir>/stages/<name> for a cascade stage)."""
+
     config: ml_collections.ConfigDict
     workdir: str
+    run_dir: str
     dataset: ShapesDataset
     text_encoder: PromptEncoder
     family: Family
+    hparams: hparams_lib.TrainHparams
+    program: steps.TrainProgram
     mesh: Mesh
-    state_shardings: PyTree  # NamedShardings, structure of the (unboxed) TrainState
-    state_shapes: PyTree  # ShapeDtypeStructs, same structure
+    state_shapes: PyTree  # ShapeDtypeStructs of the unboxed TrainState
+    state_shardings: PyTree  # NamedShardings, same structure
 
     def example_batch(self, batch_size: int) -> dict[str, jax.Array]:
         """Zeros with the shapes of a training batch (images, text_embeddings, text_mask)."""
-        size = self.config.data.image_size
-        return {
-            "images": jnp.zeros((batch_size, size, size, 3), jnp.float32),
-            "text_embeddings": jnp.zeros(
-                (batch_size, self.text_encoder.max_length, self.text_encoder.dim), jnp.float32
-            ),
-            "text_mask": jnp.ones((batch_size, self.text_encoder.max_length), bool),
-        }
+        return example_batch(
+            self.config.data.image_size, self.text_encoder.max_length, self.text_encoder.dim, batch_size
+        )
 
     def init_state(self, rng: jax.Array) -> state_lib.TrainState:
         """A fresh train state, created directly with its shardings (never whole on one host).
@@ -50,29 +81,56 @@ class Experiment:
         On CPU it is compiled at XLA's backend optimisation level 0: it runs once, and LLVM's passes over the
         threefry draws of every parameter dominate its compilation (the quickstart's: 85 s -> 24 s on a busy
         2-core CPU, 0.9 s to run). The random bits are integer arithmetic, the same at every level."""
-        init = jax.jit(lambda r: nn.meta.unbox(self._boxed_state(r)), out_shardings=self.state_shardings)
+        batch = self.example_batch(1)
+        init = jax.jit(
+            lambda r: nn.meta.unbox(boxed_state(self.family, self.program.optimizer, batch, r)),
+            out_shardings=self.state_shardings,
+        )
         on_cpu = all(d.platform == "cpu" for d in self.mesh.devices.flat)
         options = {"xla_backend_optimization_level": 0} if on_cpu else None
         return init.lower(rng).compile(compiler_options=options)(rng)
 
-    def _boxed_state(self, rng: jax.Array) -> state_lib.TrainState:
-        """The train state with its parameters still wrapped in logical-partitioning boxes."""
-        return state_lib.create(
-            self.family.init(rng, self.example_batch(1)),
-            self.family.make_optimizer(),
-            getattr(self.family, "ema_of", None),  # e.g. the GAN averages only its generator
-        )
-
     def checkpointer(self) -> Checkpointer:
         train = self.config.train
         return Checkpointer(
-            os.path.join(self.workdir, "checkpoints"),
+            os.path.join(self.run_dir, "checkpoints"),
             keep=train.keep_checkpoints,
             keep_period=train.get("keep_every", 0),
         )
 
     def restore(self, checkpointer: Checkpointer, step: int) -> tuple[state_lib.TrainState, dict]:
+        """(state, the JSON record saved with it) of checkpoint `step`, placed with this run's shardings."""
         return checkpointer.restore(step, abstract_like(self.state_shapes, self.state_shardings))
+
+
+def assemble(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: ShapesDataset,
+    text_encoder: PromptEncoder,
+    mesh: Mesh,
+) -> Experiment:
+    """The experiment of `config` around an existing dataset, text encoder and mesh (a cascade's stages share
+    them)."""
+    family = get_family(config)
+    hp = hparams_lib.from_config(config.train)
+    program = steps.program(family, hp)
+    batch = example_batch(config.data.image_size, text_encoder.max_length, text_encoder.dim, 1)
+    shapes, shardings = abstract_state(family, program.optimizer, batch, mesh)
+    run_dir = os.path.join(workdir, workdir_lib.stage_dir(family))
+    return Experiment(
+        config,
+        workdir,
+        run_dir.rstrip(os.sep),
+        dataset,
+        text_encoder,
+        family,
+        hp,
+        program,
+        mesh,
+        shapes,
+        shardings,
+    )
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
@@ -82,12 +140,22 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         build_text_encoder(config.text, workdir, corpus=dataset.caption_corpus),
         text_cache_dir(config.text, workdir),
     )
-    family = get_family(config)
-    mesh = parallel.make_mesh(config.mesh)
-    stage_dir = getattr(family, "stage_dir", "")  # a cascade stage keeps its checkpoints and metrics apart
-    run_dir = os.path.join(workdir, stage_dir) if stage_dir else workdir
-    exp = Experiment(config, run_dir, dataset, text_encoder, family, mesh, None, None)
-    boxed = jax.eval_shape(exp._boxed_state, jax.random.key(0))
-    exp.state_shardings = parallel.logical_shardings(boxed, mesh)
-    exp.state_shapes = nn.meta.unbox(boxed)
-    return exp
+    return assemble(config, workdir, dataset, text_encoder, parallel.make_mesh(config.mesh))
+
+
+class NoCheckpointError(CheckpointError):
+    """The run has no checkpoint to restore (it was never trained)."""
+
+
+def restore_latest(exp: Experiment, ema: bool = True) -> tuple[PyTree, int]:
+    """(the EMA parameters, or with ema=False the whole train state; step) of the run's latest complete
+    checkpoint; NoCheckpointError naming the folder when there is none."""
+    checkpointer = exp.checkpointer()
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise NoCheckpointError(f"{exp.run_dir} has no checkpoint: train it first.")
+        state, _ = exp.restore(checkpointer, step)
+    finally:
+        checkpointer.close()
+    return (state.ema_params if ema else state), step

@@ -176,23 +176,22 @@ def require_checkpoint(workdir: str) -> int:
     return max(steps)
 
 
-SAMPLERS = ("ancestral", "ddim", "dpmpp_2m", "heun")
-THRESHOLDING = ("none", "static", "dynamic")
+def stage_dir(family: Any) -> str:
+    """Where a family's run keeps its checkpoints and metrics, relative to the workdir: "" (the workdir itself),
+    or stages/<name> for the trained stage of a cascade (a staged family)."""
+    return f"stages/{family.train_stage.name}" if family.capabilities.staged else ""
 
 
 def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
     """Checks at the door what would otherwise fail only after training: one clear message per problem."""
-    modes = ("train", "sample", "encode_text", "eval", "describe")
-    if config.mode not in modes:
-        raise UserError(f"config.mode={config.mode!r} is not a mode; choose one of {modes}.")
     train, sample = config.train, config.sample
     for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         minimum = 0 if key == "steps" else 1
         if int(train[key]) < minimum:
             raise UserError(f"train.{key}={train[key]} must be >= {minimum}.")
-    from imagen_jax.training.state import optimizer_name
+    from imagen_jax.training.hparams import check_optimizer_name
 
-    optimizer_name(train)  # train.optimizer names an optimizer (the GAN and VAE families take Adam only)
+    check_optimizer_name(str(train.get("optimizer", "adam")))  # the family says which ones it takes (below)
     sample_prompts = list(prompts) or list(sample.prompts)
     if not sample_prompts:
         raise UserError(
@@ -204,15 +203,13 @@ def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
         raise UserError(f"Prompt number {blank[0] + 1} is empty; every prompt to sample needs some text.")
     if int(sample.num_per_prompt) < 1:
         raise UserError("sample.num_per_prompt must be >= 1.")
-    if config.family != "imagen":  # other families check their own sampling options (check_sample_config)
-        from imagen_jax.models.family import get_family
+    if config.family != "imagen":  # building the family checks its model, optimizer and sampling settings
+        from imagen_jax.models.registry import get_family
 
-        check = getattr(get_family(config), "check_sample_config", None)  # also checks the model sections
-        if check is not None:
-            try:
-                check(sample)
-            except ValueError as err:
-                raise UserError(str(err)) from err
+        try:
+            get_family(config)
+        except ValueError as err:
+            raise UserError(str(err)) from err
         return
     # A cascade (config.stages) says per stage how to sample; a single-stage config says it in config.sample.
     sections = (
@@ -225,12 +222,14 @@ def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
 
 
 def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
-    """Checks one section of sampling settings (sampler, thresholding, steps)."""
+    """Checks one section of sampling settings (sampler, thresholding, steps); diffusion/ owns the names."""
+    from imagen_jax.diffusion.guidance import THRESHOLDINGS, check_percentile
+    from imagen_jax.diffusion.samplers import SAMPLERS
+
     if how.sampler not in SAMPLERS:
         raise UserError(f"{where}.sampler={how.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
-    if how.thresholding not in THRESHOLDING:
-        raise UserError(f"{where}.thresholding={how.thresholding!r}; choose one of {THRESHOLDING}.")
-    from imagen_jax.diffusion.guidance import check_percentile  # checked whatever the mode: a typo is a typo
+    if how.thresholding not in THRESHOLDINGS:
+        raise UserError(f"{where}.thresholding={how.thresholding!r}; choose one of {THRESHOLDINGS}.")
 
     try:
         check_percentile(how.dynamic_threshold_percentile)

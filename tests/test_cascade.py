@@ -39,7 +39,7 @@ def _abstract_unet_params(stage, text_length: int, text_dim: int) -> tuple[int, 
 )
 def test_paper_stages_have_the_papers_parameter_counts(module, stage, target):
     config = module.get_config()
-    family = ImagenFamily(config)
+    family = ImagenFamily.from_config(config)
     assert family.train_stage.name == stage
     count, out_shape = _abstract_unet_params(
         family.train_stage, config.text.max_length, config.text.t5.d_model
@@ -57,7 +57,7 @@ def test_paper_stages_have_the_papers_parameter_counts(module, stage, target):
     ids=["quickstart", "shapes_cascade", "imagen"],
 )
 def test_every_stage_of_every_tiny_config_has_the_right_output_shape(config):
-    for stage in ImagenFamily(config).stages:
+    for stage in ImagenFamily.from_config(config).stages:
         _, out_shape = _abstract_unet_params(stage, config.text.max_length, config.text.t5.d_model)
         assert out_shape == (1, stage.train_crop, stage.train_crop, 3), stage.name
 
@@ -76,7 +76,7 @@ def test_sr_training_inputs_are_crops_with_their_own_downsampled_condition():
     config = shapes_cascade.get_config()  # sr32: 32x32 images, 24x24 crops, 16/32 low-res scale
     config.train_stage = "sr32"
     config.stages.sr32.augmentation.max_level = 0.0  # no noise: the condition is exactly the low-res crop
-    family = ImagenFamily(config)
+    family = ImagenFamily.from_config(config)
     images = jax.random.uniform(jax.random.key(0), (3, 32, 32, 3), minval=-1, maxval=1)
     x0, lowres, aug_log_snr = family.stage_inputs(images, jax.random.key(1))
     assert x0.shape == lowres.shape == (3, 24, 24, 3) and aug_log_snr.shape == (3,)
@@ -115,7 +115,7 @@ def _random_params(family, stage_name, seed):
 
 
 def test_generate_cascade_chains_stages_and_can_start_or_stop_anywhere():
-    family = ImagenFamily(shapes_cascade.get_config("tiny"))  # base16: 8x8, sr32: 8 -> 16
+    family = ImagenFamily.from_config(shapes_cascade.get_config("tiny"))  # base16: 8x8, sr32: 8 -> 16
     params = {"base16": _random_params(family, "base16", 0), "sr32": _random_params(family, "sr32", 5)}
     text = jax.random.normal(jax.random.key(2), (2, 4, 32))
     mask = jnp.ones((2, 4), bool)
@@ -140,11 +140,11 @@ def test_bad_cascades_are_named():
     config = shapes_cascade.get_config("tiny")
     config.stages.sr32.lowres_size = 4
     with pytest.raises(ValueError, match="previous stage's image_size"):
-        ImagenFamily(config)
+        ImagenFamily.from_config(config)
     config = shapes_cascade.get_config("tiny")
     config.train_stage = "sr64"
     with pytest.raises(ValueError, match="not a stage"):
-        ImagenFamily(config)
+        ImagenFamily.from_config(config)
 
 
 def _run(capsys, *args):

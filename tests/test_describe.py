@@ -27,7 +27,7 @@ def test_describe_prints_one_json_object_per_stage(tmp_path, capsys):
     config = shapes_cascade.get_config("tiny")
     for row in rows:
         config.train_stage = row["stage"]
-        family = ImagenFamily(config)
+        family = ImagenFamily.from_config(config)
         stage = family.train_stage
         # Parameters: the same number as a U-Net initialised on its own (a different code path: no train state).
         crop = stage.train_crop

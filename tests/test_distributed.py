@@ -130,7 +130,7 @@ def test_two_processes_resume_train_and_save_like_one_process_on_the_same_global
     state, _ = exp.restore(checkpointer, 2)
     start = state
     step_rng = jax.random.key(config.seed + 1)
-    train_step = jax.jit(lambda s, b: exp.family.train_step(s, b, jax.random.fold_in(step_rng, s.step)))
+    train_step = jax.jit(lambda s, b: exp.program.step(s, b, jax.random.fold_in(step_rng, s.step)))
     for step in (2, 3):  # the batches of steps 3 and 4 (0-based data steps)
         parts = []
         for process_index in (0, 1):

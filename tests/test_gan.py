@@ -12,8 +12,8 @@ import pytest
 
 from configs import gan_shapes
 from imagen_jax.models import gan
-from imagen_jax.models.family import get_family
 from imagen_jax.training import state as state_lib
+from imagen_jax.training import steps
 from imagen_jax.training.checkpoint import Checkpointer, abstract_like
 
 CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "gan_shapes.py")
@@ -215,14 +215,14 @@ def tiny():
     from imagen_jax.data.shapes import ShapesDataset
 
     config = gan_shapes.get_config("tiny")
-    family = get_family(config)
+    family, program = steps.from_config(config)
     data = ShapesDataset(image_size=config.data.image_size, max_objects=1, holdout_combinations=True, seed=0)
     raw = data.batch(0, 8, process_index=0, split="train")
     emb, mask = _captions_to_embeddings(list(raw["captions"]), config.text.max_length, config.text.t5.d_model)
     batch = {"images": jnp.asarray(raw["images"], jnp.float32), "text_embeddings": emb, "text_mask": mask}
     state = jax.jit(
         lambda b: nn_unbox(
-            state_lib.create(family.init(jax.random.key(0), b), family.make_optimizer(), family.ema_of)
+            state_lib.create(family.init(jax.random.key(0), b), program.optimizer, family.ema_of)
         )
     )(batch)
     return config, family, batch, state
@@ -230,7 +230,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def jitted_step(tiny):
-    return jax.jit(tiny[1].train_step)
+    return jax.jit(steps.from_config(tiny[0])[1].step)
 
 
 def test_state_holds_both_networks_both_optimizers_and_the_generator_ema(tiny):
@@ -301,16 +301,16 @@ def test_wgan_gp_step_with_two_discriminator_steps_and_concat_conditioning():
     config = gan_shapes.get_config("tiny")
     config.gan.update(dict(loss="wgan", gp_weight=10.0, r1_gamma=0.0, d_steps=2))
     config.model.discriminator.update(dict(conditioning="concat", spectral_norm=False))
-    family = get_family(config)
+    family, program = steps.from_config(config)
     emb, mask = _captions_to_embeddings(["a", "b", "c", "d"], config.text.max_length, config.text.t5.d_model)
     batch = {"images": jnp.zeros((4, 16, 16, 3)), "text_embeddings": emb, "text_mask": mask}
     state = jax.jit(
         lambda b: nn_unbox(
-            state_lib.create(family.init(jax.random.key(0), b), family.make_optimizer(), family.ema_of)
+            state_lib.create(family.init(jax.random.key(0), b), program.optimizer, family.ema_of)
         )
     )(batch)
     assert gan.SN_COLLECTION not in state.params
-    new, metrics = jax.jit(family.train_step)(state, batch, jax.random.key(1))
+    new, metrics = jax.jit(program.step)(state, batch, jax.random.key(1))
     assert float(metrics["nonfinite"]) == 0.0
     assert float(metrics["gradient_penalty"]) > 0 and float(metrics["r1_penalty"]) == 0
     assert int(new.opt_state["discriminator"][-1][0].count) == 2  # two D updates, one G update

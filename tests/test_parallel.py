@@ -11,8 +11,8 @@ from jax.sharding import PartitionSpec
 
 from configs import quickstart
 from imagen_jax import parallel
-from imagen_jax.models.family import get_family
 from imagen_jax.training import state as state_lib
+from imagen_jax.training import steps
 from imagen_jax.training.checkpoint import Checkpointer, abstract_like
 
 
@@ -53,14 +53,14 @@ def _tiny_wide_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _abstract_state(family, example):
+def _abstract_state(family, program, example):
     return jax.eval_shape(
-        lambda r: state_lib.create(family.init(r, example), family.make_optimizer()), jax.random.key(0)
+        lambda r: state_lib.create(family.init(r, example), program.optimizer), jax.random.key(0)
     )
 
 
-def _train(mesh, steps=3):
-    family = get_family(_tiny_wide_config())
+def _train(mesh, num_steps=3):
+    family, program = steps.from_config(_tiny_wide_config())
     rng = np.random.default_rng(0)
     batches = [
         {
@@ -68,18 +68,18 @@ def _train(mesh, steps=3):
             "text_embeddings": rng.normal(size=(8, 6, 16)).astype(np.float32),
             "text_mask": np.arange(6)[None] < rng.integers(1, 7, (8, 1)),
         }
-        for _ in range(steps)
+        for _ in range(num_steps)
     ]
     example = {k: jnp.asarray(v[:1]) for k, v in batches[0].items()}
-    boxed = _abstract_state(family, example)
+    boxed = _abstract_state(family, program, example)
     shardings = parallel.logical_shardings(boxed, mesh)
     state = jax.jit(
-        lambda r: nn.meta.unbox(state_lib.create(family.init(r, example), family.make_optimizer())),
+        lambda r: nn.meta.unbox(state_lib.create(family.init(r, example), program.optimizer)),
         out_shardings=shardings,
     )(jax.random.key(0))
     batch_shardings = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in batches[0].items()}
     step = jax.jit(
-        family.train_step,
+        program.step,
         in_shardings=(shardings, batch_shardings, parallel.replicated(mesh)),
         out_shardings=(shardings, parallel.replicated(mesh)),
     )
@@ -109,7 +109,7 @@ def test_eight_devices_match_one_device(trained_on_eight):
 
 def test_checkpoint_from_eight_devices_restores_on_one_and_samples_the_same(trained_on_eight, tmp_path):
     _, state_8 = trained_on_eight
-    family = get_family(_tiny_wide_config())
+    family, program = steps.from_config(_tiny_wide_config())
     ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=1)
     ckpt.save(3, state_8, {"data": {"next_step": 3}})
     ckpt.wait()
@@ -119,7 +119,7 @@ def test_checkpoint_from_eight_devices_restores_on_one_and_samples_the_same(trai
         "text_embeddings": jnp.zeros((1, 6, 16)),
         "text_mask": jnp.ones((1, 6), bool),
     }
-    boxed = _abstract_state(family, example)
+    boxed = _abstract_state(family, program, example)
     state_1, _ = ckpt.restore(3, abstract_like(nn.meta.unbox(boxed), parallel.logical_shardings(boxed, one)))
     ckpt.close()
     assert all(leaf.sharding.device_set == {jax.devices()[0]} for leaf in jax.tree.leaves(state_1))
@@ -135,16 +135,16 @@ def test_checkpoint_from_eight_devices_restores_on_one_and_samples_the_same(trai
 
 def test_fsdp_eight_holds_at_most_a_sixth_of_params_and_optimizer_state_per_device():
     config = quickstart.get_config("tiny")
-    family = get_family(config)
+    family, program = steps.from_config(config)
     example = {
         "images": jnp.zeros((1, 16, 16, 3)),
         "text_embeddings": jnp.zeros((1, 6, config.text.t5.d_model)),
         "text_mask": jnp.ones((1, 6), bool),
     }
-    boxed = _abstract_state(family, example)
+    boxed = _abstract_state(family, program, example)
     mesh = parallel.make_mesh(_mesh_config(1, 8, 1))
     state = jax.jit(
-        lambda r: nn.meta.unbox(state_lib.create(family.init(r, example), family.make_optimizer())),
+        lambda r: nn.meta.unbox(state_lib.create(family.init(r, example), program.optimizer)),
         out_shardings=parallel.logical_shardings(boxed, mesh),
     )(jax.random.key(0))
     tree = (state.params, state.opt_state)

@@ -14,10 +14,10 @@ import pytest
 
 from configs import quickstart
 from imagen_jax import parallel
-from imagen_jax.models.family import get_family
+from imagen_jax.training import optimizers, steps, trainer
 from imagen_jax.training import state as state_lib
-from imagen_jax.training import trainer
 from imagen_jax.training.checkpoint import COMMIT_FILE, Checkpointer, CheckpointError, abstract_like
+from imagen_jax.training.steps import update
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def setup():
     config = quickstart.get_config("tiny")
     config.train.learning_rate = 3e-3
     config.train.warmup_steps = 1
-    family = get_family(config)
+    family, program = steps.from_config(config)
     rng = np.random.default_rng(0)
     batch = {
         # flat colours: x0 is predictable from a noisy image, so the loss can fall far below its initial value
@@ -34,18 +34,18 @@ def setup():
         "text_mask": jnp.asarray(np.arange(6)[None] < np.array([[3], [6], [2], [5]])),
     }
     params = nn.meta.unbox(jax.jit(family.init)(jax.random.key(0), batch))
-    state = state_lib.create(params, family.make_optimizer())
-    return config, family, batch, state
+    state = state_lib.create(params, program.optimizer)
+    return config, family, batch, state, program
 
 
 @pytest.fixture(scope="module")
 def jitted_step(setup):
     """The family's train step, jitted once for the module (batch of 4)."""
-    return jax.jit(setup[1].train_step)
+    return jax.jit(setup[4].step)
 
 
 def test_train_steps_reduce_the_loss_on_a_fixed_batch(setup, jitted_step):
-    _, family, batch, state = setup
+    _, family, batch, state, _ = setup
     step = jitted_step
     keys = jax.random.split(jax.random.key(7), 8)
     eval_loss = jax.jit(lambda p: jnp.mean(jax.vmap(lambda k: family.loss(p, batch, k))(keys)))
@@ -61,13 +61,13 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch(setup, jitted_step):
 def test_ema_update_closed_form():
     ema = {"w": jnp.array([1.0, 2.0])}
     params = {"w": jnp.array([3.0, -2.0])}
-    out = state_lib.ema_update(ema, params, 0.9)
+    out = update.ema_update(ema, params, 0.9)
     np.testing.assert_allclose(np.asarray(out["w"]), [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)
 
 
 def test_learning_rate_warmup():
     config = quickstart.get_config()
-    schedule = state_lib.learning_rate_schedule(config.train)
+    schedule = optimizers.warmup_schedule(config.train.learning_rate, config.train.warmup_steps)
     lr, warmup = config.train.learning_rate, config.train.warmup_steps
     assert float(schedule(0)) == 0.0
     assert float(schedule(warmup // 2)) == pytest.approx(lr * (warmup // 2) / warmup)
@@ -75,8 +75,8 @@ def test_learning_rate_warmup():
 
 
 def test_checkpoint_round_trip_and_other_mesh(setup, tmp_path):
-    config, family, batch, state = setup
-    state, _ = jax.jit(family.train_step)(state, batch, jax.random.key(1))
+    config, family, batch, state, program = setup
+    state, _ = jax.jit(program.step)(state, batch, jax.random.key(1))
     ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=2)
     ckpt.save(1, state, {"data": {"next_step": 1}})
     ckpt.wait()
@@ -84,7 +84,7 @@ def test_checkpoint_round_trip_and_other_mesh(setup, tmp_path):
     # Restore onto an 8-device fsdp mesh: the same numbers, now sharded.
     mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1}))
     boxed = jax.eval_shape(
-        lambda r: state_lib.create(family.init(r, batch), family.make_optimizer()), jax.random.key(0)
+        lambda r: state_lib.create(family.init(r, batch), program.optimizer), jax.random.key(0)
     )
     shardings = parallel.logical_shardings(boxed, mesh)
     restored, record = ckpt.restore(1, abstract_like(nn.meta.unbox(boxed), shardings))
@@ -96,7 +96,7 @@ def test_checkpoint_round_trip_and_other_mesh(setup, tmp_path):
 
 
 def test_damaged_checkpoint_is_reported_not_loaded(setup, tmp_path):
-    _, _, _, state = setup
+    _, _, _, state, _ = setup
     ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=2)
     ckpt.save(3, state, {"data": {"next_step": 3}})
     ckpt.wait()
@@ -115,7 +115,7 @@ def _tree_equal(a, b) -> bool:
 
 
 def test_nonfinite_batch_leaves_the_state_unchanged_and_is_counted(setup, jitted_step):
-    _, _, batch, state = setup
+    _, _, batch, state, _ = setup
     state, metrics = jitted_step(state, batch, jax.random.key(1))  # a normal step first: Adam has moments
     assert float(metrics["nonfinite"]) == 0.0
     bad = dict(batch, images=batch["images"].at[0, 0, 0, 0].set(jnp.nan))
@@ -138,17 +138,19 @@ def test_accumulate_gradients_closed_form_and_rng_per_micro_batch():
         return jnp.mean(err**2) + jax.random.uniform(rng)
 
     rng = jax.random.key(3)
-    value, grad = state_lib.accumulate_gradients(loss, w, {"x": x, "y": y}, rng, 2)
+    with_aux = lambda params, batch, rng: (loss(params, batch, rng), {"rng_term": jax.random.uniform(rng)})
+    (value, aux), grad = update.value_and_grad(with_aux, w, {"x": x, "y": y}, rng, 2)
     np.testing.assert_allclose(grad, 2 * x.T @ (x @ w - y) / 8, rtol=1e-5)  # d/dw mean(err^2)
     micro_rng = [float(jax.random.uniform(jax.random.fold_in(rng, j))) for j in range(2)]
     np.testing.assert_allclose(value, jnp.mean((x @ w - y) ** 2) + np.mean(micro_rng), rtol=1e-5)
+    np.testing.assert_allclose(aux["rng_term"], np.mean(micro_rng), rtol=1e-6)  # aux averaged like the loss
 
 
 @pytest.mark.slow  # deselected by default (CI time); run with: python -m pytest -m slow
 def test_two_micro_steps_equal_one_big_step(setup, jitted_step):
     """With a loss that does not depend on the rng (a fixed noise level and target per example), accumulating two
     micro-batches of 2 gives the update of one batch of 4: loss, gradient norm, parameters and optimizer state."""
-    config, family, batch, state = setup
+    config, family, batch, state, _ = setup
     # one real step first: the schedule follows the optimizer's own count, and its step 0 has learning rate 0
     state, _ = jitted_step(state, batch, jax.random.key(4))
 
@@ -164,9 +166,9 @@ def test_two_micro_steps_equal_one_big_step(setup, jitted_step):
     for micro_steps in (1, 2):
         accum_config = copy.deepcopy(config)
         accum_config.train.grad_accum_steps = micro_steps
-        accum_family = get_family(accum_config)
-        accum_family.loss = deterministic_loss
-        results.append(jax.jit(accum_family.train_step)(state, batch, jax.random.key(5)))
+        accum_family, accum_program = steps.from_config(accum_config)
+        accum_family.loss = deterministic_loss  # the step looks the loss up when it is traced
+        results.append(jax.jit(accum_program.step)(state, batch, jax.random.key(5)))
     (one, m1), (two, m2) = results
     # float32 sums in another order (2.9e-5 relative at XLA's optimisation level 0); a wrong average is O(1)
     for key in ("loss", "grad_norm"):
@@ -177,7 +179,7 @@ def test_two_micro_steps_equal_one_big_step(setup, jitted_step):
 
 
 def test_incomplete_checkpoint_is_ignored_then_set_aside(setup, tmp_path):
-    _, _, _, state = setup
+    _, _, _, state, _ = setup
     directory = tmp_path / "ckpt"
     ckpt = Checkpointer(str(directory), keep=3)
     ckpt.save(2, state, {"data": {"next_step": 2}})

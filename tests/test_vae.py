@@ -13,9 +13,9 @@ from scipy import stats
 
 from configs import vae_shapes
 from imagen_jax.models import likelihoods, vq
-from imagen_jax.models.family import get_family
 from imagen_jax.models.vae import free_bits_kl, kl_weight, reparameterize
 from imagen_jax.training import state as state_lib
+from imagen_jax.training import steps
 from imagen_jax.training.checkpoint import Checkpointer, abstract_like
 
 
@@ -175,11 +175,11 @@ def trained(request):
     config.model.channel_mult = (1,)  # no resampling, an 8x8 latent grid: fewer kernels to compile
     config.train.warmup_steps = 1
     config.model.dead_code_threshold = 0.5
-    family = get_family(config)
+    family, program = steps.from_config(config)
     batch = _batch(8)
     params = nn.meta.unbox(family.init(jax.random.key(0), batch))
-    state = state_lib.create(params, family.make_optimizer())
-    step = jax.jit(family.train_step)
+    state = state_lib.create(params, program.optimizer)
+    step = jax.jit(program.step)
     states = [state]
     for i in range(2):
         state, metrics = step(state, batch, jax.random.key(10 + i))
@@ -196,7 +196,7 @@ def test_train_step_metrics_and_codebook_state(trained):
         assert float(metrics["kl"]) >= 0.0
         return
     before, after = states[0].params[vq.CODEBOOK], states[-1].params[vq.CODEBOOK]
-    assert 1.0 <= float(metrics["codebook_perplexity"]) <= family.config.model.codebook_size
+    assert 1.0 <= float(metrics["codebook_perplexity"]) <= family.objective.codebook_size
     assert float(jnp.abs(after["embedding"] - before["embedding"]).max()) > 0  # moved by EMA / restarts
     assert float(metrics["dead_codes_restarted"]) >= 0.0
     # the model EMA holds the codebook the EMA update produced (not an average of it)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imagen_jax import experiment, sample
+from imagen_jax import cascade, experiment
 from imagen_jax import workdir as workdir_lib
 from imagen_jax.data.shapes import parse_caption, render
 from imagen_jax.evaluation.alignment import judge_accuracy
@@ -50,13 +50,13 @@ def main() -> None:
     exp = experiment.build(config, args.workdir)
     stages = exp.family.cascade_range("", args.stage)
     target = stages[-1]
-    stage_exp = sample.stage_experiment(exp, target.name)
+    stage_exp = cascade.stage_experiment(exp, target.name)
     checkpointer = stage_exp.checkpointer()
     steps = [int(s) for s in args.steps.split(",") if s] or checkpointer.all_steps()
     if not steps:
-        raise SystemExit(f"Stage {target.name!r} has no checkpoint in {stage_exp.workdir}.")
+        raise SystemExit(f"Stage {target.name!r} has no checkpoint in {stage_exp.run_dir}.")
 
-    earlier = {s.name: sample.restore_stage_params(exp, s.name, train_command="")[0] for s in stages[:-1]}
+    earlier = {s.name: cascade.restore_stage_params(exp, s.name, train_command="")[0] for s in stages[:-1]}
     prompts = exp.dataset.prompts(args.prompts, split="holdout", seed=config.sample.seed)
     rng = jax.random.fold_in(jax.random.key(config.sample.seed), 1)  # as sample_cascade's held-out judge
     real_lowres = None
@@ -76,7 +76,7 @@ def main() -> None:
         for name, params in weights.items():
             for source, lowres in inputs.items():
                 start = time.perf_counter()
-                images = sample.generate_cascade_for_prompts(
+                images = cascade.generate_cascade_for_prompts(
                     exp,
                     earlier | {target.name: params},
                     prompts,

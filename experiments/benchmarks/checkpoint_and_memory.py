@@ -33,8 +33,8 @@ import ml_collections  # noqa: E402
 
 from configs import quickstart  # noqa: E402
 from imagen_jax import parallel  # noqa: E402
-from imagen_jax.models.family import get_family  # noqa: E402
 from imagen_jax.training import state as state_lib  # noqa: E402
+from imagen_jax.training import steps  # noqa: E402
 from imagen_jax.training.checkpoint import Checkpointer, abstract_like  # noqa: E402
 
 MESHES = (  # (data, fsdp, tensor) over 8 devices, plus one device alone
@@ -50,7 +50,7 @@ MESHES = (  # (data, fsdp, tensor) over 8 devices, plus one device alone
 
 def _state_layout(config: ml_collections.ConfigDict):
     """(family, function rng -> boxed TrainState) for the config's model at a batch of one."""
-    family = get_family(config)
+    family, program = steps.from_config(config)
     length, dim = config.text.max_length, config.text.t5.d_model
     size = config.data.image_size
     example = {
@@ -58,7 +58,7 @@ def _state_layout(config: ml_collections.ConfigDict):
         "text_embeddings": jnp.zeros((1, length, dim)),
         "text_mask": jnp.ones((1, length), bool),
     }
-    return family, lambda rng: state_lib.create(family.init(rng, example), family.make_optimizer())
+    return family, lambda rng: state_lib.create(family.init(rng, example), program.optimizer)
 
 
 def sharded_state(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int]):

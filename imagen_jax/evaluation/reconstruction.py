@@ -1,12 +1,16 @@
-"""Reconstructions of held-out images by a family with an encoder (the VAE family's after_training hook): a PNG grid
-of originals next to their reconstructions, and the negative ELBO in bits/dim on held-out images."""
+"""Reconstructions of held-out images by a family with an encoder (capabilities.reconstructs: the VAE family), reported
+after training: a PNG grid of originals next to their reconstructions, and the negative ELBO in bits/dim on held-out
+images."""
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+
+from imagen_jax.evaluation.grid import write_grid
 
 PyTree = Any
 
@@ -21,18 +25,30 @@ def heldout_images(dataset: Any, count: int, seed: int) -> tuple[np.ndarray, lis
 
 
 def reconstruction_report(
-    exp: Any, params: PyTree, step: int, *, grid_images: int = 8, bpd_images: int = 256, chunk: int = 64
+    reconstruct: Callable[[PyTree, dict[str, Any], jax.Array], tuple[jax.Array, jax.Array]],
+    params: PyTree,
+    dataset: Any,
+    encode: Callable[[list[str]], tuple[Any, Any]],
+    samples_dir: str,
+    step: int,
+    seed: int,
+    *,
+    grid_images: int = 8,
+    bpd_images: int = 256,
+    chunk: int = 64,
 ) -> dict[str, Any]:
-    """Writes <workdir>/samples/reconstructions_<step>.png (+ .json) and returns {"reconstructions": path,
+    """Writes <samples_dir>/reconstructions_<step>.png (+ .json) and returns {"reconstructions": path,
     "heldout_bits_per_dim": mean negative ELBO (bits/dim) over `bpd_images` held-out images}; for data without a
-    held-out split, only a note under "reconstructions"."""
-    heldout = heldout_images(exp.dataset, bpd_images, seed=exp.config.sample.seed + 1)
+    held-out split, only a note under "reconstructions". reconstruct(params, batch, rng) -> (images [B,H,W,3],
+    bits/dim [B]) is the family's; encode(captions) -> (embeddings, mask) the text encoder's; the held-out
+    images are drawn with seed + 1, the posterior noise with `seed`."""
+    heldout = heldout_images(dataset, bpd_images, seed=seed + 1)
     if heldout is None:
         return {"reconstructions": "skipped: this data source has no held-out image split (shapes data only)"}
     images, captions = heldout
-    embeddings, mask = (np.asarray(a) for a in exp.text_encoder.encode(captions))
-    reconstruct = jax.jit(exp.family.reconstruct)
-    rng = jax.random.key(exp.config.sample.seed)
+    embeddings, mask = (np.asarray(a) for a in encode(captions))
+    reconstruct = jax.jit(reconstruct)
+    rng = jax.random.key(seed)
     chunk = min(chunk, len(images))
     recons, bpds = [], []
     whole = len(images) - len(images) % chunk  # whole chunks only: one shape, one compile
@@ -46,12 +62,10 @@ def reconstruction_report(
         recons.append(np.asarray(recon))
         bpds.append(np.asarray(bpd))
     recons, bpds = np.concatenate(recons), np.concatenate(bpds)
-    from imagen_jax.sample import write_grid
-
     shown = min(grid_images, len(recons))
     pairs = np.stack([images[:shown], recons[:shown]], axis=1).reshape(-1, *images.shape[1:])
     labels = [text for caption in captions[:shown] for text in (caption, "reconstruction")]
-    path = os.path.join(exp.workdir, "samples", f"reconstructions_{step}.png")
+    path = os.path.join(samples_dir, f"reconstructions_{step}.png")
     write_grid(pairs, labels, path, columns=2)
     result = {"reconstructions": path, "heldout_bits_per_dim": float(bpds.mean())}
     with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:

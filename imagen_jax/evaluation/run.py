@@ -1,4 +1,4 @@
-"""mode=eval: sample quality and text alignment of a trained workdir, written to <workdir>/eval/.
+"""Sample quality and text alignment of a generator, written to <workdir>/eval/ (mode=eval: modes/evaluate.py).
 
 For each prompt set (eval.prompt_sets: "train" = captions of the training split, "holdout" = captions with a
 held-out colour-shape pair) the reference is eval.num_samples real images of that split from an evaluation
@@ -17,10 +17,11 @@ and TensorBoard scalars under tensorboard/eval/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -36,15 +37,14 @@ EVAL_STREAM = 7919  # the process index of the reference stream: training reads 
 
 
 def default_settings() -> ml_collections.ConfigDict:
-    """The eval section's keys and defaults (a config's own `eval` section overrides them)."""
+    """The eval section's keys and defaults: the one place they are written. The config files start their eval
+    section from it; settings_of() fills in what a (saved) config's own section leaves out."""
     e = ml_collections.ConfigDict()
     e.num_samples = 1000  # generated images per prompt set (and as many real reference images)
-    e.prompt_sets = PROMPT_SETS
-    e.feature_space = "shapes"  # shapes | inception
-    e.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz), for "inception"
-    e.cache_dir = (
-        ""  # where the shapes feature network is cached; "": $IMAGEN_JAX_CACHE or ~/.cache/imagen_jax
-    )
+    e.prompt_sets = PROMPT_SETS  # captions of the training split / captions with held-out colour-shape pairs
+    e.feature_space = "shapes"  # shapes (a small CNN trained once on the shapes data) | inception
+    e.inception_weights = ""  # for inception: pytorch-fid pt_inception-2015-12-05-6726825d.pth (or .npz)
+    e.cache_dir = ""  # the shapes feature network's cache; "": $IMAGEN_JAX_CACHE or ~/.cache/imagen_jax
     e.feature_net = ml_collections.ConfigDict()  # the shapes feature network (its spec keys the cache)
     e.feature_net.widths = (16, 32, 64)
     e.feature_net.feature_dim = 128
@@ -57,7 +57,7 @@ def default_settings() -> ml_collections.ConfigDict:
     e.batch_size = 64  # prompts per generate call
     e.grid_images = 16  # generated images shown per prompt set in eval/<step>_<set>.png
     e.sweep_option = ""  # a sampling option of the family (e.g. guidance_scale, truncation); "": no sweep
-    e.sweep_values = ()
+    e.sweep_values = ()  # FID vs alignment for each value (eval/<step>_sweep.png)
     return e
 
 
@@ -182,28 +182,48 @@ def evaluate_images(
     return result
 
 
-def evaluate(exp: Any, params: Any, step: int, e: ml_collections.ConfigDict, log=print) -> dict[str, Any]:
-    """Evaluates `params` of the experiment `exp` at `step` with the eval settings `e`; writes eval/<step>.json,
-    eval/<step>_<set>.png (and eval/<step>_sweep.png with a sweep) under exp.workdir; returns the JSON dict."""
-    from imagen_jax import sample
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """What is evaluated: generate(prompts, rng, options) -> images [N,H,W,3] in [-1,1] (`chunk` prompts per
+    call), the family's name, its sampling settings in words, and its default sampling options."""
+
+    generate: Callable[..., np.ndarray]
+    family: str
+    sampling: str
+    sample_defaults: Mapping[str, Any]
+
+
+def evaluate(
+    subject: Subject,
+    dataset: Any,
+    image_size: int,
+    workdir: str,
+    step: int,
+    e: ml_collections.ConfigDict,
+    log=print,
+) -> dict[str, Any]:
+    """Evaluates `subject`'s images at `step` with the eval settings `e` against `dataset`'s real images; writes
+    eval/<step>.json, eval/<step>_<set>.png (and eval/<step>_sweep.png with a sweep) under `workdir`; returns the
+    JSON dict."""
+    from imagen_jax.evaluation.grid import write_grid
 
     start = time.time()
     check_settings(e)
-    features = _Features(e, exp.config.data.image_size, log)
-    out_dir = os.path.join(exp.workdir, "eval")
+    features = _Features(e, image_size, log)
+    out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     rng = jax.random.key(int(e.seed))
     n = int(e.num_samples)
     references = {}
     for split in e.prompt_sets:
-        real = reference_batch(exp.dataset, split, n, e.seed)
+        real = reference_batch(dataset, split, n, e.seed)
         references[split] = (real["captions"], features.features(real["images"]))
 
     def run(options: dict[str, Any], tag: int) -> dict[str, Any]:
         # every prompt set in one generate call: one compile per option value
         prompts = [c for split in e.prompt_sets for c in references[split][0]]
         key = jax.random.fold_in(rng, tag)
-        images = sample.generate_for_prompts(exp, params, prompts, key, chunk=int(e.batch_size), **options)
+        images = subject.generate(prompts, key, chunk=int(e.batch_size), **options)
         results = {}
         for index, split in enumerate(e.prompt_sets):
             captions, real_features = references[split]
@@ -212,14 +232,14 @@ def evaluate(exp: Any, params: Any, step: int, e: ml_collections.ConfigDict, log
             if tag == 0 and int(e.grid_images):
                 shown = min(int(e.grid_images), n)
                 path = os.path.join(out_dir, f"{step}_{split}.png")
-                sample.write_grid(mine[:shown], captions[:shown], path, columns=min(shown, 8))
+                write_grid(mine[:shown], captions[:shown], path, columns=min(shown, 8))
                 results[split]["grid"] = path
         return results
 
     report: dict[str, Any] = {
         "step": int(step),
-        "family": exp.config.family,
-        "sampling": exp.family.sampling_summary(),
+        "family": subject.family,
+        "sampling": subject.sampling,
         "feature_space": features.name,
         "feature_space_info": features.info,
         "num_samples": n,
@@ -229,7 +249,7 @@ def evaluate(exp: Any, params: Any, step: int, e: ml_collections.ConfigDict, log
         "prompt_sets": run({}, 0),
     }
     if e.sweep_option:
-        default = exp.config.sample.get(e.sweep_option) if "sample" in exp.config else None
+        default = subject.sample_defaults.get(e.sweep_option)
         points = []
         for i, value in enumerate(e.sweep_values):
             same = default is not None and value == default  # the main evaluation already holds it
@@ -246,7 +266,7 @@ def evaluate(exp: Any, params: Any, step: int, e: ml_collections.ConfigDict, log
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, f"{step}.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
-        _log_tensorboard(exp.workdir, step, report)
+        _log_tensorboard(workdir, step, report)
     return report
 
 
@@ -312,32 +332,3 @@ def format_report(report: dict[str, Any]) -> list[str]:
             f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  alignment {r['alignment']['all']:.3f}"
         )
     return lines
-
-
-def run_mode(
-    config: ml_collections.ConfigDict, workdir: str, settings: ml_collections.ConfigDict | None = None
-) -> dict[str, Any]:
-    """--config.mode=eval on a trained workdir: restores the latest checkpoint's EMA parameters, evaluates with
-    `settings` (default: the config's eval section), prints the numbers and where they were written."""
-    from imagen_jax import experiment
-    from imagen_jax import workdir as workdir_lib
-
-    if "stages" in config:
-        raise workdir_lib.UserError(
-            "mode=eval evaluates single-stage experiments; a cascade is not supported yet (sample it with "
-            "mode=sample)."
-        )
-    settings = settings_of(config) if settings is None else settings
-    check_settings(settings)
-    check_sweep(settings, config)
-    step = workdir_lib.require_checkpoint(workdir)
-    exp = experiment.build(config, workdir)
-    checkpointer = exp.checkpointer()
-    state, _ = exp.restore(checkpointer, step)
-    checkpointer.close()
-    print(f"Evaluating the EMA parameters at step {step} ({settings.num_samples} samples per prompt set) ...")
-    report = evaluate(exp, state.ema_params, step, settings)
-    for line in format_report(report):
-        print(line)
-    print(f"eval: {os.path.join(exp.workdir, 'eval', f'{step}.json')}")
-    return report

@@ -1,160 +1,62 @@
-"""The family contract (ARCHITECTURE.md) and the registry the trainer, sampler and evaluation look families up in.
+"""The family contract (ARCHITECTURE.md); models/registry.py builds a family from a config.
 
-A family is built from the experiment config and exposes pure functions over parameter trees:
-  init(rng, batch) -> params
-  make_optimizer() -> optax.GradientTransformation
-  train_step(state, batch, rng) -> (state, metrics)
-  generate(params, text_embeddings, text_mask, rng, **sampling options) -> images in [-1, 1]
-  sampling_summary() -> str   (the default sampling settings, for the console)
-and optionally
-  ema_of(params) -> the part of params the EMA averages (default: all of it; the GAN averages its generator)
-  check_sample_config(config.sample) -> None, raising ValueError (checked at the door for non-Imagen families)
-  after_training(exp, params, step) -> dict   (extra results after training, printed by main as "key: value";
-                                               the VAE's held-out reconstructions and bits/dim)
+A family is the math of one kind of generative model, as pure functions over parameter trees:
+  init(rng, batch) -> params                          logically boxed parameters for a batch's shapes
+  ema_of(params) -> the part of params the EMA averages and generate samples with
+  generate(params, text_embeddings, text_mask, rng, **options) -> images in [-1, 1]
+  check_sample_options(options) -> None               a ValueError for an option generate cannot take
+  sampling_summary() -> str                           the default sampling settings, for the console
+and its own training math, which the training-step layer (training/steps/) turns into a step: a loss for the
+one-network families, the discriminator and generator losses for the GAN. What a family can do beyond that is
+declared in its `capabilities`, never discovered: stages (a cascade, sampled by cascade.py), gradient
+accumulation, the optimizers it takes, an EMA warm-up, an encoder whose reconstructions are reported after
+training.
+
 A batch is a dict: images float32 [B,H,W,3] in [-1,1], text_embeddings float32 [B,L,D], text_mask bool [B,L].
-describe(config) reports each stage's size and cost from its compiled train step (mode=describe).
+The family is built from the config once, outside any jitted function: it keeps plain, frozen values (its
+modules, hyper-parameters and sampling defaults), never the ConfigDict.
 """
 
-from collections.abc import Callable
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, ClassVar, Protocol
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-import optax
-
-from imagen_jax.training.state import TrainState
 
 PyTree = Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a family declares it can do beyond the contract's functions.
+
+    staged: a cascade of stages trained one per run (into <workdir>/stages/<name>) and sampled in sequence;
+    the family then also has stages, train_stage and generate_stage (see models/imagen.py).
+    grad_accum: its step may average gradients over train.grad_accum_steps micro-batches.
+    optimizers: the train.optimizer values it trains with.
+    ema_warmup: its EMA decay warms up as min(decay, (1 + t) / (10 + t)).
+    reconstructs: it has an encoder: reconstruct(params, batch, rng) -> (images, bits/dim [B]), reported on
+    held-out images after training.
+    """
+
+    staged: bool = False
+    grad_accum: bool = True
+    optimizers: tuple[str, ...] = ("adam",)
+    ema_warmup: bool = False
+    reconstructs: bool = False
+
+
 class Family(Protocol):
-    config: ml_collections.ConfigDict
+    kind: ClassVar[str]  # the config.family name
+    capabilities: ClassVar[Capabilities]
 
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree: ...
 
-    def make_optimizer(self) -> optax.GradientTransformation: ...
-
-    def train_step(
-        self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> tuple[TrainState, dict[str, jax.Array]]: ...
+    def ema_of(self, params: PyTree) -> PyTree: ...
 
     def generate(
         self, params: PyTree, text_embeddings: jax.Array, text_mask: jax.Array, rng: jax.Array, **options: Any
     ) -> jax.Array: ...
 
-    def sampling_summary(self) -> str:
-        """How generate samples by default, in a few words for the console (e.g. 'dpmpp_2m, 20 steps, ...')."""
-        ...
+    def check_sample_options(self, options: dict[str, Any]) -> None: ...
 
-
-def _imagen(config: ml_collections.ConfigDict) -> Family:
-    from imagen_jax.models.imagen import ImagenFamily
-
-    return ImagenFamily(config)
-
-
-def _gan(config: ml_collections.ConfigDict) -> Family:
-    from imagen_jax.models.gan import GanFamily
-
-    return GanFamily(config)
-
-
-def _vae(config: ml_collections.ConfigDict) -> Family:
-    from imagen_jax.models.vae import VaeFamily
-
-    return VaeFamily(config)
-
-
-FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Family]] = {
-    "imagen": _imagen,
-    "gan": _gan,
-    "vae": _vae,
-}
-
-
-def get_family(config: ml_collections.ConfigDict) -> Family:
-    """The family named by config.family, built from the config."""
-    if config.family not in FAMILIES:
-        raise ValueError(
-            f"Unknown family {config.family!r}; config.family must be one of {sorted(FAMILIES)}."
-        )
-    return FAMILIES[config.family](config)
-
-
-def _text_shape(text_config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(max_length, embedding width) of the configured text encoder, without building or loading it."""
-    if text_config.pretrained_dir:
-        from imagen_jax.text import hf_import
-
-        return text_config.max_length, hf_import.read_config(text_config.pretrained_dir).d_model
-    return text_config.max_length, text_config.t5.d_model
-
-
-def _abstract_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    length, width = _text_shape(config.text)
-    size = config.data.image_size
-    return {
-        "images": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32),
-        "text_embeddings": jax.ShapeDtypeStruct((batch_size, length, width), jnp.float32),
-        "text_mask": jax.ShapeDtypeStruct((batch_size, length), jnp.bool_),
-    }
-
-
-def _compiled_step_costs(family: Family, batch: dict[str, jax.ShapeDtypeStruct]) -> tuple[float, float, Any]:
-    """(FLOPs, temporary bytes, abstract state) of one compiled train step on `batch`, nothing allocated."""
-    from imagen_jax.training import state as state_lib
-    from imagen_jax.training.trainer import compiled_flops
-
-    boxed = jax.eval_shape(
-        lambda rng, b: state_lib.create(
-            family.init(rng, b), family.make_optimizer(), getattr(family, "ema_of", None)
-        ),
-        jax.random.key(0),
-        batch,
-    )
-    abstract_state = nn.meta.unbox(boxed)
-    compiled = jax.jit(family.train_step).lower(abstract_state, batch, jax.random.key(0)).compile()
-    flops = compiled_flops(compiled)
-    if flops is None:
-        raise RuntimeError(
-            "XLA's cost analysis reports no FLOPs on this backend; describe cannot count them."
-        )
-    memory = compiled.memory_analysis()
-    return flops, float(getattr(memory, "temp_size_in_bytes", 0) or 0), abstract_state
-
-
-def describe(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    """Per stage (a single-stage family has one): parameters, FLOPs per training example and activation memory,
-    from XLA's compiled train step on abstract inputs (jax.eval_shape / lower / compile; nothing is allocated).
-
-    The step is compiled once per stage at batch 1 (no gradient accumulation): flops_per_example is its FLOP
-    count (forward, backward, and the batch-independent optimizer + EMA update, which is small next to the model
-    at a real batch size); activation_bytes_per_example is XLA's temporary-buffer size for that step (the
-    activations kept for the backward pass, plus gradients): an estimate of memory per example.
-    """
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.train.grad_accum_steps = 1
-    names = [stage.name for stage in getattr(get_family(config), "stages", [])] or [None]  # None: no stages
-    rows = []
-    for name in names:
-        if name is not None and "train_stage" in config:
-            config.train_stage = name
-        family = get_family(config)
-        flops, temp_bytes, state = _compiled_step_costs(family, _abstract_batch(config, 1))
-        stage = getattr(family, "train_stage", None)
-        params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(state.params))
-        rows.append(
-            {
-                "stage": name or config.family,
-                "params": params,
-                "flops_per_example": flops,
-                "activation_bytes_per_example": temp_bytes,
-                "param_bytes": sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state.params)),
-                "image_size": stage.image_size if stage else config.data.image_size,
-                "train_crop": stage.train_crop if stage else config.data.image_size,
-            }
-        )
-    return rows
+    def sampling_summary(self) -> str: ...

@@ -18,11 +18,12 @@ Train state layout (training/state.py's TrainState, shared by every family):
                 collection named "spectral_norm"; they are carried in params so that checkpoints, shardings
                 and resume treat them like everything else, but no optimizer touches them: the D step
                 writes the vectors its power iteration produced.
-  opt_state  = {"generator": Adam state of G, "discriminator": Adam state of D}, from make_optimizer(): two
-                optimizers with their own learning rates, betas and warm-up (see networks_optimizer).
+  opt_state  = {"generator": Adam state of G, "discriminator": Adam state of D}: two optimizers with their own
+                learning rates, betas and warm-up (training/steps/gan.py, optimizers.per_network).
   ema_params = {"generator": EMA of G}: only the generator is averaged (ema_of); generate samples with it.
-One jit-compiled train_step runs gan.d_steps discriminator updates (unrolled, each on the step's batch with
-fresh noise) and then one generator update, on device; the trainer's `step` counts generator steps.
+The train step (training/steps/gan.py) runs gan.d_steps discriminator updates (unrolled, each on the step's batch
+with fresh noise) and then one generator update, on device; the trainer's `step` counts generator steps. This
+module holds the networks and the losses (d_loss_fn, g_loss_fn) as functions of explicit arguments.
 
 Losses (gan.loss): minimax (Goodfellow's log(1 - D(G(z))) for G), non_saturating (-log D(G(z))), hinge,
 lsgan (least squares, 0/1 targets), wgan (Wasserstein; pair it with gan.gp_weight > 0 for WGAN-GP).
@@ -40,10 +41,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from imagen_jax.models import layers
-from imagen_jax.training import state as state_lib
+from imagen_jax.models.family import Capabilities
 
 PyTree = Any
 LOSSES = ("minimax", "non_saturating", "hinge", "lsgan", "wgan")
@@ -450,36 +450,6 @@ class Discriminator(nn.Module):
         )
 
 
-# Optimizers ---------------------------------------------------------------------------------------------------
-
-
-def warmup_schedule(peak: float, warmup_steps: int, every: int = 1) -> optax.Schedule:
-    """Linear warm-up from 0 to `peak` over warmup_steps, then constant; the count is divided by `every` (D's
-    optimizer counts d_steps updates per train step, so its warm-up is measured in train steps too)."""
-    warmup = max(int(warmup_steps), 1)
-    return lambda count: peak * jnp.minimum((count // every) / warmup, 1.0)
-
-
-def networks_optimizer(optimizers: dict[str, optax.GradientTransformation]) -> optax.GradientTransformation:
-    """One optax transformation over params {name: subtree, ...} that applies optimizers[name] to each named
-    subtree and leaves the others (the spectral-norm vectors) unchanged. Its state is {name: that optimizer's
-    state}, so the shared TrainState.opt_state holds both optimizers side by side; the GAN's train_step calls
-    each optimizer on its own subtree when that network's step comes."""
-
-    def init(params: PyTree) -> PyTree:
-        return {name: opt.init(params[name]) for name, opt in optimizers.items()}
-
-    def update(grads: PyTree, state: PyTree, params: PyTree | None = None) -> tuple[PyTree, PyTree]:
-        updates, new_state = dict(jax.tree.map(jnp.zeros_like, grads)), {}
-        for name, opt in optimizers.items():
-            updates[name], new_state[name] = opt.update(
-                grads[name], state[name], None if params is None else params[name]
-            )
-        return updates, new_state
-
-    return optax.GradientTransformation(init, update)
-
-
 # The family ---------------------------------------------------------------------------------------------------
 
 
@@ -501,7 +471,9 @@ def check_sample_options(options: dict[str, Any], where: str = "sample") -> None
 
 
 @dataclasses.dataclass(frozen=True)
-class _Objective:
+class Objective:
+    """config.gan: the adversarial loss, D updates per G update, the mismatched-caption share and the penalties."""
+
     loss: str
     d_steps: int
     mismatch_weight: float
@@ -510,30 +482,31 @@ class _Objective:
 
 
 class GanFamily:
-    """The text-conditional GAN described by config.model.{generator, discriminator}, config.gan and config.train.
+    """The text-conditional GAN described by config.model.{generator, discriminator} and config.gan.
 
     config.gan: loss (LOSSES), d_steps (D updates per G update), mismatch_weight (share of D's fake term given to
-    real images with a wrong caption), r1_gamma, gp_weight. config.train: g_learning_rate, d_learning_rate,
-    adam_b1, adam_b2, warmup_steps, grad_clip (per network; 0 = off), ema_decay; train.optimizer must be "adam" (or
-    absent). config.sample: truncation, noise_scale (defaults of generate's options).
+    real images with a wrong caption), r1_gamma, gp_weight. config.sample: truncation, noise_scale (defaults of
+    generate's options). Its generator and discriminator train with Adam each, at train.g_learning_rate and
+    train.d_learning_rate (training/steps/gan.py); no gradient accumulation (its D loss pairs captions across the
+    whole batch and its step makes D and G updates in turn); its EMA (of the generator) warms up.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        model, gan = config.model, config.gan
-        size = int(config.data.image_size)
+    kind = "gan"
+    capabilities = Capabilities(grad_accum=False, optimizers=("adam",), ema_warmup=True)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "GanFamily":
+        """The GAN described by the config, checked."""
+        return cls(config.model, config.gan, int(config.data.image_size), config.sample)
+
+    def __init__(
+        self,
+        model: ml_collections.ConfigDict,
+        gan: ml_collections.ConfigDict,
+        size: int,
+        sample: ml_collections.ConfigDict,
+    ):
         g, d = model.generator, model.discriminator
-        if int(config.train.get("grad_accum_steps", 1)) != 1:
-            raise ValueError(
-                "train.grad_accum_steps must be 1 for the GAN family: its D loss pairs captions across the "
-                "whole batch and its step makes D and G updates in turn."
-            )
-        if str(config.train.get("optimizer", "adam")) != "adam":
-            raise ValueError(
-                f"train.optimizer={config.train.optimizer!r}: the GAN family trains its generator and "
-                "discriminator with Adam only (train.g_learning_rate, d_learning_rate, adam_b1, adam_b2); set "
-                "train.optimizer=adam."
-            )
         if gan.loss not in LOSSES:
             raise ValueError(f"gan.loss={gan.loss!r} is not a GAN loss; choose one of {LOSSES}.")
         if d.conditioning not in CONDITIONING:
@@ -557,10 +530,11 @@ class GanFamily:
                 f"model.generator.cross_attn_levels={tuple(g.cross_attn_levels)}: levels must be in "
                 f"0..{len(g.channel_mult) - 1} (0 = full resolution)."
             )
-        check_sample_options({k: config.sample[k] for k in SAMPLE_OPTIONS if k in config.sample})
+        self.sample_defaults = {k: sample[k] for k in SAMPLE_OPTIONS if k in sample}
+        check_sample_options(self.sample_defaults)
         self.image_size = size
         self.noise_dim = int(g.noise_dim)
-        self.objective = _Objective(
+        self.objective = Objective(
             gan.loss, int(gan.d_steps), float(gan.mismatch_weight), float(gan.r1_gamma), float(gan.gp_weight)
         )
         self.spectral_norm = bool(d.spectral_norm)
@@ -585,7 +559,7 @@ class GanFamily:
             dtype=d.dtype,
         )
 
-    # Parameters and optimizers ------------------------------------------------------------------------------
+    # Parameters ------------------------------------------------------------------------------
 
     def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
         """{"generator", "discriminator"[, "spectral_norm"]} (logically boxed) for a batch's shapes."""
@@ -599,29 +573,9 @@ class GanFamily:
             params[SN_COLLECTION] = d_vars[SN_COLLECTION]
         return params
 
-    @staticmethod
-    def ema_of(params: PyTree) -> PyTree:
+    def ema_of(self, params: PyTree) -> PyTree:
         """The part of params the EMA averages and generate samples with: {"generator": ...}."""
         return {"generator": params["generator"]}
-
-    def _adam(self, peak: float, every: int) -> optax.GradientTransformation:
-        train = self.config.train
-        parts = [optax.clip_by_global_norm(train.grad_clip)] if train.grad_clip else []
-        schedule = warmup_schedule(peak, train.warmup_steps, every)
-        parts.append(optax.adam(schedule, b1=train.adam_b1, b2=train.adam_b2, eps=1e-8))
-        return optax.chain(*parts)
-
-    @property
-    def g_optimizer(self) -> optax.GradientTransformation:
-        return self._adam(float(self.config.train.g_learning_rate), 1)
-
-    @property
-    def d_optimizer(self) -> optax.GradientTransformation:
-        return self._adam(float(self.config.train.d_learning_rate), self.objective.d_steps)
-
-    def make_optimizer(self) -> optax.GradientTransformation:
-        """Both optimizers in one transformation whose state is {"generator": ..., "discriminator": ...}."""
-        return networks_optimizer({"generator": self.g_optimizer, "discriminator": self.d_optimizer})
 
     # The networks as functions --------------------------------------------------------------------------------
 
@@ -708,67 +662,6 @@ class GanFamily:
         logits, _ = self.critic(params, fake, text, mask)
         return generator_loss(self.objective.loss, logits), jnp.mean(logits)
 
-    def train_step(
-        self, state: state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-        """gan.d_steps D updates (unrolled; each on the batch with fresh noise, the spectral-norm vectors advanced
-        by each), then one G update against the updated D, then the generator's EMA; all on device.
-
-        A non-finite loss, gradient or D parameter skips the whole step (metric nonfinite=1). Metrics: d_loss,
-        g_loss, real/fake/mismatch scores (D's mean logits; the last D step's), r1_penalty, gradient_penalty,
-        g_fake_score (D's mean logit on G's samples in the G step), grad norms, learning rates, nonfinite.
-        """
-        obj, train = self.objective, self.config.train
-        d_rng, g_rng = jax.random.split(rng)
-        d_grad_fn = jax.value_and_grad(self.d_loss_fn, has_aux=True)
-        d_opt, g_opt = self.d_optimizer, self.g_optimizer
-
-        def d_update(carry, step_rng):
-            params, d_opt_state = carry
-            (loss, (sn_state, metrics)), grads = d_grad_fn(params["discriminator"], params, batch, step_rng)
-            updates, d_opt_state = d_opt.update(grads, d_opt_state, params["discriminator"])
-            new = {**params, "discriminator": optax.apply_updates(params["discriminator"], updates)}
-            if self.spectral_norm:
-                new[SN_COLLECTION] = sn_state
-            metrics = {**metrics, "d_grad_norm": optax.global_norm(grads)}
-            return (new, d_opt_state), metrics
-
-        # Unrolled (d_steps is small): XLA:CPU runs convolutions inside a while loop far slower.
-        carry, d_metrics = (state.params, state.opt_state["discriminator"]), []
-        for step_rng in jax.random.split(d_rng, obj.d_steps):
-            carry, metrics = d_update(carry, step_rng)
-            d_metrics.append(metrics)
-        (params, d_opt_state), d_metrics = carry, jax.tree.map(lambda *m: jnp.stack(m), *d_metrics)
-        (g_loss, g_fake_score), g_grads = jax.value_and_grad(self.g_loss_fn, has_aux=True)(
-            params["generator"], params, batch, g_rng
-        )
-        g_updates, g_opt_state = g_opt.update(g_grads, state.opt_state["generator"], params["generator"])
-        params = {**params, "generator": optax.apply_updates(params["generator"], g_updates)}
-        # Bias-corrected warm-up of the average (as tf.train.ExponentialMovingAverage with num_updates): the
-        # EMA forgets the random initial generator within the first few hundred steps of a short run.
-        decay = jnp.minimum(train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-        ema_params = state_lib.ema_update(state.ema_params, self.ema_of(params), decay)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            opt_state={"generator": g_opt_state, "discriminator": d_opt_state},
-            ema_params=ema_params,
-        )
-        new_state, nonfinite = state_lib.skip_nonfinite_update(
-            state, new_state, d_metrics["d_loss"], g_loss, g_grads, params["discriminator"]
-        )
-        last = jax.tree.map(lambda m: m[-1], d_metrics)
-        metrics = {
-            **last,
-            "g_loss": g_loss,
-            "g_fake_score": g_fake_score,
-            "g_grad_norm": optax.global_norm(g_grads),
-            "g_learning_rate": warmup_schedule(float(train.g_learning_rate), train.warmup_steps)(state.step),
-            "d_learning_rate": warmup_schedule(float(train.d_learning_rate), train.warmup_steps)(state.step),
-            "nonfinite": nonfinite,
-        }
-        return new_state, metrics
-
     # Sampling -------------------------------------------------------------------------------------------------
 
     def generate(
@@ -778,7 +671,7 @@ class GanFamily:
         params) for text [B,L,D] / mask [B,L]. Options (default config.sample): truncation (0: off; t > 0 draws
         z from a normal truncated to [-t, t]), noise_scale (z is multiplied by it)."""
         check_sample_options(options)
-        sample = self.config.sample
+        sample = self.sample_defaults
         opt = lambda key, default: options[key] if key in options else sample.get(key, default)
         z = self.sample_noise(
             rng, text_embeddings.shape[0], float(opt("truncation", 0.0)), float(opt("noise_scale", 1.0))
@@ -787,11 +680,11 @@ class GanFamily:
 
     def sampling_summary(self) -> str:
         """E.g. 'EMA generator, one pass, truncation off, noise scale 1.0'."""
-        sample = self.config.sample
+        sample = self.sample_defaults
         truncation = float(sample.get("truncation", 0.0))
         trunc = f"truncation |z| <= {truncation}" if truncation else "truncation off"
         return f"EMA generator, one pass, {trunc}, noise scale {float(sample.get('noise_scale', 1.0))}"
 
-    def check_sample_config(self, sample: ml_collections.ConfigDict) -> None:
-        """Raises ValueError for out-of-range sampling options in config.sample (called at the door)."""
-        check_sample_options({k: sample[k] for k in SAMPLE_OPTIONS if k in sample})
+    def check_sample_options(self, options: dict[str, Any]) -> None:
+        """Raises ValueError for a sampling option generate does not take or a value out of range."""
+        check_sample_options(options)

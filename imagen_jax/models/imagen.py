@@ -9,7 +9,8 @@ cascade from prompts, or from any stage given a low-res image, and stops at any 
 A config either lists stages (config.cascade = names in order, config.stages.<name> = image_size,
 lowres_size, train_crop, model, diffusion, augmentation, sample) or is a single stage (config.model,
 config.diffusion, config.sample at the top, at data.image_size): the quickstart is the one-stage cascade.
-See family.py for the contract; generate() samples the trained stage.
+See family.py for the contract; generate() samples the trained stage. The family keeps each stage's settings as
+frozen values (DiffusionSpec, AugmentationSpec, the sampling defaults), read from the config once.
 """
 
 import dataclasses
@@ -18,13 +19,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from imagen_jax.diffusion import objectives, samplers, schedules
 from imagen_jax.diffusion.augmentation import noise_condition_augment, sample_aug_levels
 from imagen_jax.diffusion.guidance import classifier_free_guidance
+from imagen_jax.models.family import Capabilities
 from imagen_jax.models.unet import UNet
-from imagen_jax.training import state as state_lib
 
 PyTree = Any
 SINGLE_STAGE = "base"  # the name of the one stage of a config without config.stages
@@ -74,6 +74,25 @@ def stage_sections(config: ml_collections.ConfigDict) -> list[tuple[str, ml_coll
 
 
 @dataclasses.dataclass(frozen=True)
+class DiffusionSpec:
+    """How a stage is trained: the model's prediction target, the loss weighting (and min-SNR's gamma) and how
+    often the text is dropped for classifier-free guidance."""
+
+    prediction: str
+    loss_weighting: str
+    min_snr_gamma: float
+    cond_drop_prob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationSpec:
+    """An SR stage's noise-conditioning augmentation: its schedule's name and the largest training level."""
+
+    schedule: str
+    max_level: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage of the cascade, built from its config section."""
 
@@ -83,15 +102,17 @@ class Stage:
     train_crop: int  # the side of the random crops it trains on (== image_size: whole images)
     unet: UNet
     schedule: schedules.Schedule
-    section: ml_collections.ConfigDict
+    diffusion: DiffusionSpec
+    augmentation: AugmentationSpec | None  # None for the base stage
+    sample_defaults: tuple[tuple[str, Any], ...]  # (option, value) of the stage's sample section
 
     @property
     def is_super_resolution(self) -> bool:
         return self.lowres_size > 0
 
     def sample_option(self, key: str, options: dict[str, Any]) -> Any:
-        """A sampling option: the call's override, else the stage's config.sample value."""
-        return options[key] if key in options else self.section.sample[key]
+        """A sampling option: the call's override, else the stage's sampling default."""
+        return options[key] if key in options else dict(self.sample_defaults)[key]
 
 
 def _build_stage(name: str, section: ml_collections.ConfigDict, previous: "Stage | None") -> Stage:
@@ -119,14 +140,27 @@ def _build_stage(name: str, section: ml_collections.ConfigDict, previous: "Stage
         schedules.get_schedule(augmentation.schedule)
     elif "augmentation" in section or "aug_level" in section.sample:
         raise ValueError(f"{where} is text-only: noise-conditioning augmentation applies to SR stages only.")
+    diffusion = section.diffusion
+    keys = SAMPLE_OPTIONS + (("aug_level",) if lowres else ())
     return Stage(
         name=name,
         image_size=size,
         lowres_size=lowres,
         train_crop=crop,
         unet=build_unet(section.model, lowres_cond=bool(lowres)),
-        schedule=schedules.get_schedule(section.diffusion.schedule),
-        section=section,
+        schedule=schedules.get_schedule(diffusion.schedule),
+        diffusion=DiffusionSpec(
+            prediction=diffusion.prediction,
+            loss_weighting=diffusion.loss_weighting,
+            min_snr_gamma=float(diffusion.min_snr_gamma),
+            cond_drop_prob=float(diffusion.cond_drop_prob),
+        ),
+        augmentation=(
+            AugmentationSpec(section.augmentation.schedule, float(section.augmentation.max_level))
+            if lowres
+            else None
+        ),
+        sample_defaults=tuple((key, section.sample[key]) for key in keys),
     )
 
 
@@ -147,26 +181,34 @@ def random_crops(rng: jax.Array, images: jax.Array, crop: int) -> jax.Array:
 
 
 class ImagenFamily:
-    """The cascade described by the config; trains config.train_stage (the only stage of a single-stage config)."""
+    """The cascade of `stages`; trains `train_stage` (the only stage of a single-stage config). A config with
+    config.stages declares itself staged (capabilities.staged): cascade.py keeps each stage's run apart."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        self.stages: list[Stage] = []
-        for name, section in stage_sections(config):
-            self.stages.append(_build_stage(name, section, self.stages[-1] if self.stages else None))
+    kind = "imagen"
+
+    def __init__(self, stages: list[Stage], train_stage: str, staged: bool):
+        self.stages = list(stages)
         names = [s.name for s in self.stages]
-        train_stage = config.get("train_stage", SINGLE_STAGE) if is_cascade(config) else SINGLE_STAGE
         if train_stage not in names:
             raise ValueError(f"config.train_stage={train_stage!r} is not a stage; choose one of {names}.")
-        if self.stage(train_stage).image_size > config.data.image_size:
-            raise ValueError(
-                f"Stage {train_stage!r} makes {self.stage(train_stage).image_size}px images but "
-                f"data.image_size={config.data.image_size}: the data must be at least as large."
-            )
         self.train_stage = self.stage(train_stage)
         self.unet = self.train_stage.unet
-        # Where this stage's checkpoints, metrics and samples live, relative to the workdir.
-        self.stage_dir = f"stages/{train_stage}" if is_cascade(config) else ""
+        self.capabilities = Capabilities(staged=staged, optimizers=("adam", "adafactor"))
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "ImagenFamily":
+        """The cascade described by the config (config.stages, or the single stage at its top level), checked."""
+        stages: list[Stage] = []
+        for name, section in stage_sections(config):
+            stages.append(_build_stage(name, section, stages[-1] if stages else None))
+        train_stage = config.get("train_stage", SINGLE_STAGE) if is_cascade(config) else SINGLE_STAGE
+        family = cls(stages, train_stage, staged=is_cascade(config))
+        if family.train_stage.image_size > config.data.image_size:
+            raise ValueError(
+                f"Stage {train_stage!r} makes {family.train_stage.image_size}px images but "
+                f"data.image_size={config.data.image_size}: the data must be at least as large."
+            )
+        return family
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -190,7 +232,7 @@ class ImagenFamily:
         lowres = resize(
             resize(x0, stage.train_crop * stage.lowres_size // stage.image_size), stage.train_crop
         )
-        augmentation = stage.section.augmentation
+        augmentation = stage.augmentation
         levels = sample_aug_levels(level_rng, x0.shape[0], augmentation.max_level)
         lowres, aug_log_snr = noise_condition_augment(lowres, levels, noise_rng, augmentation.schedule)
         return x0, lowres, aug_log_snr
@@ -204,15 +246,15 @@ class ImagenFamily:
             "params"
         ]
 
-    def make_optimizer(self) -> optax.GradientTransformation:
-        """train.optimizer (Adam or Adafactor) after gradient clipping, on the warm-up schedule."""
-        return state_lib.make_optimizer(self.config.train)
+    def ema_of(self, params: PyTree) -> PyTree:
+        """The EMA averages every parameter of the trained stage."""
+        return params
 
     def loss(
         self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True
     ) -> jax.Array:
         """Mean diffusion loss of the trained stage over the batch (scalar), text dropped at cond_drop_prob."""
-        diffusion = self.train_stage.section.diffusion
+        diffusion = self.train_stage.diffusion
         noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
         input_rng = jax.random.fold_in(rng, 3)  # crops and augmentation (unused by a whole-image base stage)
         x0, lowres, aug_log_snr = self.stage_inputs(batch["images"], input_rng)
@@ -241,33 +283,6 @@ class ImagenFamily:
         )
         return jnp.mean(per_example)
 
-    def train_step(
-        self, state: state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-        """One optimizer step on the diffusion loss, then the EMA update.
-
-        The batch [B, ...] is processed in train.grad_accum_steps micro-batches whose gradients are averaged
-        (state_lib.accumulate_gradients). A non-finite loss or gradient skips the update (metric nonfinite=1).
-        """
-        train = self.config.train
-        loss, grads = state_lib.accumulate_gradients(
-            self.loss, state.params, batch, rng, int(train.get("grad_accum_steps", 1))
-        )
-        updates, opt_state = self.make_optimizer().update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = state_lib.ema_update(state.ema_params, params, train.ema_decay)
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
-        )
-        new_state, nonfinite = state_lib.skip_nonfinite_update(state, new_state, loss, grads)
-        metrics = {
-            "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": state_lib.learning_rate_schedule(train)(state.step),
-            "nonfinite": nonfinite,
-        }
-        return new_state, metrics
-
     # Sampling -------------------------------------------------------------------------------------------------
 
     def generate(
@@ -278,11 +293,17 @@ class ImagenFamily:
 
     def sampling_summary(self) -> str:
         """The trained stage's default sampler settings, e.g. 'dpmpp_2m, 20 steps, guidance 3.0, static'."""
-        sample = self.train_stage.section.sample
+        sample = dict(self.train_stage.sample_defaults)
         return (
-            f"{sample.sampler}, {sample.steps} steps, guidance {sample.guidance_scale}, "
-            f"{sample.thresholding} thresholding"
+            f"{sample['sampler']}, {sample['steps']} steps, guidance {sample['guidance_scale']}, "
+            f"{sample['thresholding']} thresholding"
         )
+
+    def check_sample_options(self, options: dict[str, Any]) -> None:
+        """A ValueError for an option generate_stage does not take (checked per stage when it is sampled)."""
+        unknown = set(options) - set(SAMPLE_OPTIONS) - {"aug_level", "image_size"}
+        if unknown:
+            raise ValueError(f"Unknown sampling option(s) {sorted(unknown)} for the imagen family.")
 
     def generate_stage(
         self,
@@ -318,7 +339,7 @@ class ImagenFamily:
                 resize(lowres.astype(jnp.float32), size),
                 opt("aug_level"),
                 aug_rng,
-                stage.section.augmentation.schedule,
+                stage.augmentation.schedule,
             )
             cond = {"lowres": lowres, "aug_log_snr": aug_log_snr}
         elif lowres is not None or "aug_level" in options:
@@ -346,7 +367,7 @@ class ImagenFamily:
             sampler=opt("sampler"),
             steps=opt("steps"),
             schedule=stage.schedule,
-            prediction=stage.section.diffusion.prediction,
+            prediction=stage.diffusion.prediction,
             thresholding=opt("thresholding"),
             threshold_percentile=opt("dynamic_threshold_percentile"),
         )

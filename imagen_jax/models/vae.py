@@ -12,13 +12,15 @@ likelihood discretised to 256 bins (a Gaussian decoder's too), in bits per pixel
 VQ-VAE (model.variant="vq"): the encoder's [h, w, D] grid is quantised to the nearest of model.codebook_size codes
 (straight-through gradients, commitment loss with weight model.commitment_cost), the codebook follows EMA
 updates (decay model.codebook_decay) with dead-code restarts (model.dead_code_threshold), and a small
-autoregressive transformer (vq.CodePrior) learns p(codes | text) on stop-gradient codes in the same train_step.
+autoregressive transformer (vq.CodePrior) learns p(codes | text) on stop-gradient codes in the same train step
+(training/steps/vae.py).
 Its bits_per_dim is the negative ELBO with that prior (q is deterministic, so the KL is -log p(codes | text)).
 
 Sampling (config.sample.temperature, or generate(..., temperature=)): z from the prior (its standard deviation
 scaled by the temperature; codes drawn at that softmax temperature), then the decoder's mean image.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +30,7 @@ import ml_collections
 import optax
 
 from imagen_jax.models import likelihoods, vq
+from imagen_jax.models.family import Capabilities
 from imagen_jax.models.layers import (
     AttentionPool,
     Downsample,
@@ -38,7 +41,6 @@ from imagen_jax.models.layers import (
     group_norm,
     layer_norm,
 )
-from imagen_jax.training import state as state_lib
 
 PyTree = Any
 VARIANTS = ("vae", "vq")
@@ -227,25 +229,56 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
             "model.codebook_decay must be in (0, 1), model.codebook_size >= 2, and model.prior_dim divisible by "
             "model.prior_heads."
         )
-    if int(config.train.get("grad_accum_steps", 1)) != 1:
-        raise ValueError("The vae family trains without gradient accumulation: set train.grad_accum_steps=1.")
-    if str(config.train.get("optimizer", "adam")) != "adam":
-        raise ValueError(
-            f"train.optimizer={config.train.optimizer!r}: the vae family trains with Adam only; set "
-            "train.optimizer=adam."
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The objective's settings of config.model (see the module docstring)."""
+
+    likelihood: str
+    fixed_sigma: float
+    kl_warmup_steps: int
+    free_bits: float
+    commitment_cost: float
+    codebook_size: int
+    codebook_decay: float
+    dead_code_threshold: float
+
+    @classmethod
+    def from_model_config(cls, m: ml_collections.ConfigDict) -> "Objective":
+        return cls(
+            likelihood=m.likelihood,
+            fixed_sigma=m.fixed_sigma,
+            kl_warmup_steps=int(m.kl_warmup_steps),
+            free_bits=m.free_bits,
+            commitment_cost=m.commitment_cost,
+            codebook_size=m.codebook_size,
+            codebook_decay=m.codebook_decay,
+            dead_code_threshold=m.dead_code_threshold,
         )
 
 
 class VaeFamily:
-    """The text-conditional VAE / VQ-VAE described by config.model (see the module docstring)."""
+    """The text-conditional VAE / VQ-VAE described by config.model (see the module docstring). It trains with
+    Adam, without gradient accumulation, and reconstructs held-out images after training."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    kind = "vae"
+    capabilities = Capabilities(grad_accum=False, optimizers=("adam",), reconstructs=True)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "VaeFamily":
+        """The VAE described by the config, checked."""
         check_model_config(config)
-        self.config = config
-        m = config.model
+        family = cls(config.model, int(config.data.image_size), float(config.sample.temperature))
+        family.check_sample_options({"temperature": family.temperature})
+        return family
+
+    def __init__(self, m: ml_collections.ConfigDict, image_size: int, temperature: float):
+        self.objective = Objective.from_model_config(m)
+        self.temperature = temperature
         self.variant = m.variant
         self.is_vq = m.variant == "vq"
-        self.latent_size = config.data.image_size // 2 ** (len(m.channel_mult) - 1)
+        self.latent_size = image_size // 2 ** (len(m.channel_mult) - 1)
         self.learned_variance = m.likelihood == "logistic" or m.gaussian_variance == "learned"
         self.model = ConditionalVAE(
             variant=m.variant,
@@ -267,8 +300,9 @@ class VaeFamily:
         """Parameters (logically boxed) of every network; a VQ-VAE's include the EMA codebook under "codebook"."""
         return self.model.init(rng, batch["images"], batch["text_embeddings"], batch["text_mask"])["params"]
 
-    def make_optimizer(self) -> optax.GradientTransformation:
-        return state_lib.adam_with_warmup(self.config.train)
+    def ema_of(self, params: PyTree) -> PyTree:
+        """The EMA averages every parameter (a VQ-VAE's codebook is copied into it: see training/steps/vae.py)."""
+        return params
 
     def _apply(self, params: PyTree, method: str, *args: Any) -> Any:
         return self.model.apply({"params": params}, *args, method=getattr(ConditionalVAE, method))
@@ -277,13 +311,13 @@ class VaeFamily:
         """(mean, log_scale) of p(x | z, c), each [B,H,W,3]."""
         out = self._apply(params, "decode", z, cond)
         if not self.learned_variance:
-            return out, jnp.full_like(out, jnp.log(self.config.model.fixed_sigma))
+            return out, jnp.full_like(out, jnp.log(self.objective.fixed_sigma))
         mean, log_scale = jnp.split(out, 2, axis=-1)
         return mean, jnp.maximum(log_scale, MIN_LOG_SCALE)
 
     def _pixel_nll(self, x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(training NLL, discretised NLL), each [B] in nats: the Gaussian trains on its density."""
-        distribution = self.config.model.likelihood
+        distribution = self.objective.likelihood
         discrete = -jnp.sum(
             likelihoods.discretized_log_prob(x, mean, log_scale, distribution), axis=(1, 2, 3)
         )
@@ -325,13 +359,13 @@ class VaeFamily:
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(loss in nats per dimension, terms): NLL + KL weight * free-bits KL (VAE), or NLL + commitment_cost *
         commitment + prior NLL (VQ), averaged over the batch and divided by H*W*3."""
-        m = self.config.model
+        m = self.objective
         terms = self.terms(params, batch, rng)
         dims = terms["mean"][0].size
         if self.is_vq:
             total = jnp.mean(terms["nll"] + m.commitment_cost * terms["commitment"] + terms["prior_nll"])
         else:
-            weight = kl_weight(step, int(m.kl_warmup_steps))
+            weight = kl_weight(step, m.kl_warmup_steps)
             total = jnp.mean(terms["nll"]) + weight * free_bits_kl(terms["kl_map"], m.free_bits)
             terms["kl_weight"] = weight
         return total / dims, terms
@@ -340,59 +374,6 @@ class VaeFamily:
         """[B] the single-sample negative ELBO (discretised pixels) in bits per dimension."""
         rate = terms["prior_nll"] if self.is_vq else terms["kl"]
         return likelihoods.bits_per_dim(terms["nll_discrete"] + rate, terms["mean"][0].size)
-
-    def train_step(
-        self, state: state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array
-    ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-        """One Adam step on the loss, then (VQ) the EMA codebook update and dead-code restarts, then the model EMA.
-
-        The codebook gets zero gradients (it is read through stop_gradient), so Adam leaves it alone; the EMA
-        update then overwrites params["codebook"], and ema_params["codebook"] is set to that same codebook (it
-        already is an average; averaging it again would blur restarted codes). A non-finite loss or gradient skips
-        the whole update (metric nonfinite=1)."""
-        train, m = self.config.train, self.config.model
-        loss_rng, restart_rng = jax.random.split(rng)
-        (loss, terms), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            state.params, batch, loss_rng, state.step
-        )
-        updates, opt_state = self.make_optimizer().update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "bits_per_dim": jnp.mean(self.negative_elbo_bits_per_dim(terms)),
-            "nll_bits_per_dim": jnp.mean(
-                likelihoods.bits_per_dim(terms["nll_discrete"], terms["mean"][0].size)
-            ),
-        }
-        if self.is_vq:
-            codebook = vq.ema_codebook_update(
-                state.params[vq.CODEBOOK], terms["z_e"], terms["codes"], m.codebook_decay
-            )
-            codebook, restarted = vq.restart_dead_codes(
-                codebook, terms["z_e"], m.dead_code_threshold, restart_rng
-            )
-            params = {**params, vq.CODEBOOK: codebook}
-            metrics.update(
-                codebook_perplexity=vq.perplexity(terms["codes"], m.codebook_size),
-                dead_codes_restarted=restarted,
-                commitment=jnp.mean(terms["commitment"]),
-                prior_bits_per_code=jnp.mean(terms["prior_nll"]) / (terms["codes"].shape[1] * jnp.log(2.0)),
-            )
-        else:
-            metrics.update(kl=jnp.mean(terms["kl"]), kl_weight=terms["kl_weight"])
-        ema_params = state_lib.ema_update(state.ema_params, params, train.ema_decay)
-        if self.is_vq:
-            ema_params = {**ema_params, vq.CODEBOOK: params[vq.CODEBOOK]}
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
-        )
-        new_state, nonfinite = state_lib.skip_nonfinite_update(state, new_state, loss, grads)
-        metrics.update(
-            grad_norm=optax.global_norm(grads),
-            learning_rate=state_lib.learning_rate_schedule(train)(state.step),
-            nonfinite=nonfinite,
-        )
-        return new_state, metrics
 
     # Sampling and reconstruction ----------------------------------------------------------------------------
 
@@ -406,15 +387,13 @@ class VaeFamily:
             raise ValueError(
                 f"Unknown sampling option(s) {sorted(unknown)} for the vae family; use {SAMPLE_OPTIONS}."
             )
-        temperature = float(options.get("temperature", self.config.sample.temperature))
+        temperature = float(options.get("temperature", self.temperature))
         batch = text_embeddings.shape[0]
         cond = self._apply(params, "condition", text_embeddings, text_mask)
         if self.is_vq:
             logits_fn = lambda codes: self._apply(params, "code_logits", codes, text_embeddings, text_mask)
             length = self.latent_size**2
-            codes = vq.sample_codes(
-                logits_fn, batch, length, self.config.model.codebook_size, rng, temperature
-            )
+            codes = vq.sample_codes(logits_fn, batch, length, self.objective.codebook_size, rng, temperature)
             z = params[vq.CODEBOOK]["embedding"][codes].reshape(batch, self.latent_size, self.latent_size, -1)
         else:
             prior_mean, prior_log_var = self._apply(params, "prior", cond)
@@ -436,18 +415,19 @@ class VaeFamily:
             terms["mean"] = self._pixels(params, post_mean, cond)[0]
         return jnp.clip(terms["mean"], -1.0, 1.0), self.negative_elbo_bits_per_dim(terms)
 
-    def check_sample_config(self, sample: ml_collections.ConfigDict) -> None:
-        """A ValueError for sampling settings generate cannot use."""
-        if not float(sample.temperature) >= 0:
-            raise ValueError(f"sample.temperature={sample.temperature} must be >= 0.")
+    def check_sample_options(self, options: dict[str, Any]) -> None:
+        """A ValueError for sampling options generate cannot use."""
+        unknown = set(options) - set(SAMPLE_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"Unknown sampling option(s) {sorted(unknown)} for the vae family; use {SAMPLE_OPTIONS}."
+            )
+        if "temperature" in options and not float(options["temperature"]) >= 0:
+            raise ValueError(f"sample.temperature={options['temperature']} must be >= 0.")
 
     def sampling_summary(self) -> str:
-        m = self.config.model
         prior = "autoregressive code prior" if self.is_vq else "Gaussian prior p(z|text)"
-        return f"{m.variant}, {prior}, temperature {self.config.sample.temperature}, decoder mean ({m.likelihood})"
-
-    def after_training(self, exp: Any, params: PyTree, step: int) -> dict[str, Any]:
-        """Reconstructions of held-out images and their bits/dim (evaluation/reconstruction.py)."""
-        from imagen_jax.evaluation.reconstruction import reconstruction_report
-
-        return reconstruction_report(exp, params, step)
+        return (
+            f"{self.variant}, {prior}, temperature {self.temperature}, "
+            f"decoder mean ({self.objective.likelihood})"
+        )

@@ -110,6 +110,13 @@ class TextEncoder:
         return np.asarray(embeddings)[:n], mask
 
 
+def text_shape(text_config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(max_length, embedding width) of the configured text encoder, without building or loading it."""
+    if text_config.pretrained_dir:
+        return text_config.max_length, hf_import.read_config(text_config.pretrained_dir).d_model
+    return text_config.max_length, text_config.t5.d_model
+
+
 def text_cache_dir(text_config: ml_collections.ConfigDict, workdir: str) -> str:
     """text.cache_dir, or <workdir>/text/cache when it is empty."""
     return text_config.get("cache_dir", "") or os.path.join(workdir, "text", "cache")

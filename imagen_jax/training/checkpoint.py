@@ -75,7 +75,9 @@ class Checkpointer:
                         target, n = f"{path}.incomplete-{n}", n + 1
                     os.rename(path, target)
                     moved.append(target)
-                    print(f"Ignoring the incomplete checkpoint {path} (no {COMMIT_FILE}); moved it to {target}.")
+                    print(
+                        f"Ignoring the incomplete checkpoint {path} (no {COMMIT_FILE}); moved it to {target}."
+                    )
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("imagen_jax.checkpoint.set_aside_incomplete")
         self._manager.reload()

@@ -1,9 +1,11 @@
 """The training loop shared by every family: sharded jit step, metrics and throughput, checkpoints, resume,
 preemption (SIGTERM) and the stop after too many non-finite steps."""
 
+from __future__ import annotations
+
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -12,8 +14,10 @@ from tqdm import tqdm
 
 from imagen_jax import parallel
 from imagen_jax.data import pipeline
-from imagen_jax.experiment import Experiment
-from imagen_jax.training.logging import MetricWriter
+from imagen_jax.training.metric_writer import MetricWriter
+
+if TYPE_CHECKING:  # the loop runs what experiment.py (a layer above) builds; no import at run time
+    from imagen_jax.experiment import Experiment
 
 PyTree = Any
 
@@ -156,12 +160,12 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
 
     Returns (state, step reached, preempted). Saves every train.checkpoint_every steps and at the end. Raises
     NonFiniteError, after waiting for the saves in flight and saving nothing more, when train.max_nonfinite_steps
-    steps in a row had a NaN/inf loss or gradient (their updates are skipped by the family's train_step).
+    steps in a row had a NaN/inf loss or gradient (their updates are skipped by the step's apply_gradients).
     """
     config, train_config = exp.config, exp.config.train
     checkpointer = exp.checkpointer()
     checkpointer.set_aside_incomplete()
-    writer = MetricWriter(exp.workdir, enabled=jax.process_index() == 0)
+    writer = MetricWriter(exp.run_dir, enabled=jax.process_index() == 0)
     latest = checkpointer.latest_step()
     data_state = None  # the Grain iterator's saved state (TFDS data); the shapes stream needs only the step
     if latest is None:
@@ -193,7 +197,7 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
     train_step = jax.jit(
         # The step's key is fold_in(step_rng, step) with the step taken from the state, so it is the same on
         # every process and after a resume.
-        lambda state, batch: exp.family.train_step(state, batch, jax.random.fold_in(step_rng, state.step)),
+        lambda state, batch: exp.program.step(state, batch, jax.random.fold_in(step_rng, state.step)),
         in_shardings=(exp.state_shardings, batch_shardings),
         out_shardings=(exp.state_shardings, parallel.replicated(exp.mesh)),
         donate_argnums=(0,),

@@ -1,5 +1,6 @@
 """The layers of ARCHITECTURE.md hold: every import inside imagen_jax (function-level ones too) points down the layer
-list, so there is no import cycle, and models/ imports only jax/flax/optax, diffusion/, text/ and itself."""
+list, so there is no import cycle, and models/ imports only jax/flax/optax, attention.py, diffusion/, text/ and
+itself."""
 
 import ast
 import pathlib
@@ -10,7 +11,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "imagen_jax"
 
 # Lowest first: a module may import its own layer's modules and those of the layers below it, never above.
 LAYERS = (
-    ("imagen_jax.parallel", "imagen_jax.config_files", "imagen_jax.data", "imagen_jax.diffusion"),
+    (
+        "imagen_jax.attention",
+        "imagen_jax.parallel",
+        "imagen_jax.config_files",
+        "imagen_jax.data",
+        "imagen_jax.diffusion",
+    ),
     ("imagen_jax.text",),
     ("imagen_jax.models",),
     ("imagen_jax.evaluation", "imagen_jax.training"),
@@ -21,7 +28,7 @@ LAYERS = (
     ("imagen_jax.modes",),
     ("imagen_jax.main",),
 )
-MODELS_MAY_IMPORT = ("imagen_jax.models", "imagen_jax.diffusion", "imagen_jax.text")
+MODELS_MAY_IMPORT = ("imagen_jax.models", "imagen_jax.attention", "imagen_jax.diffusion", "imagen_jax.text")
 
 
 def _module_name(path: pathlib.Path) -> str:

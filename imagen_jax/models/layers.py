@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagen_jax.attention import attention
+
 Dtype = jnp.dtype | str
 
 _CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -120,27 +122,19 @@ class ResBlock(nn.Module):
         return x + h
 
 
-def _multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array) -> jax.Array:
-    """q [B,Q,H,D], k/v [B,K,H,D], kv_mask bool [B,K] -> [B,Q,H,D]; softmax in float32."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(
-        jnp.float32
-    )
-    logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-
-
 class AttentionBlock(nn.Module):
     """Self-attention over pixels, optionally with the text tokens appended to the keys/values.
 
     x [B,H,W,C], text [B,L,Dt] (already layer-normed), text_mask bool [B,L] -> [B,H,W,C].
     With `text_only=True` it is explicit cross-attention: queries from pixels, keys/values from text alone
     (plus one learned null key/value, so a prompt with every token masked still has something to attend to).
+    `implementation` is imagen_jax.attention's ("xla", or "cudnn" on NVIDIA GPUs); logits are float32.
     """
 
     head_dim: int
     text_only: bool = False
     dtype: Dtype = "float32"
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array | None, text_mask: jax.Array | None) -> jax.Array:
@@ -172,8 +166,12 @@ class AttentionBlock(nn.Module):
             keys.append(proj("text_key")(text))
             values.append(proj("text_value")(text))
             masks.append(text_mask)
-        out = _multi_head_attention(
-            q, jnp.concatenate(keys, 1), jnp.concatenate(values, 1), jnp.concatenate(masks, 1)
+        out = attention(
+            q,
+            jnp.concatenate(keys, 1),
+            jnp.concatenate(values, 1),
+            jnp.concatenate(masks, 1),
+            implementation=self.implementation,
         )
         out = nn.DenseGeneral(
             c,
@@ -186,10 +184,14 @@ class AttentionBlock(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """Attention pooling of text tokens: text [B,L,D], mask [B,L] -> [B,D] (a learned query over the tokens)."""
+    """Attention pooling of text tokens: text [B,L,D], mask [B,L] -> [B,D] (a learned query over the tokens).
+
+    `implementation` is imagen_jax.attention's ("xla", or "cudnn" on NVIDIA GPUs); logits are float32.
+    """
 
     num_heads: int = 4
     dtype: Dtype = "float32"
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(self, text: jax.Array, text_mask: jax.Array) -> jax.Array:
@@ -212,7 +214,9 @@ class AttentionPool(nn.Module):
         )  # the mean token keeps an all-masked row finite
         mask = jnp.concatenate([jnp.ones((b, 1), bool), text_mask], axis=1)
         q = jnp.broadcast_to(query.astype(self.dtype), (b, 1, heads, head_dim))
-        pooled = _multi_head_attention(q, proj("key")(tokens), proj("value")(tokens), mask)
+        pooled = attention(
+            q, proj("key")(tokens), proj("value")(tokens), mask, implementation=self.implementation
+        )
         return nn.DenseGeneral(
             d,
             axis=(-2, -1),

@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_jax import parallel
+from imagen_jax.attention import IMPLEMENTATIONS, attention
 
 LOGICAL_AXES = ("vocab", "embed", "heads", "kv", "mlp", "relpos_buckets")
 FEED_FORWARD_PROJ = ("relu", "gelu", "gated-gelu", "gated-relu", "gated-silu")
@@ -43,7 +44,10 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
-    dtype: str = "float32"  # parameters and compute; norms and softmax run in float32
+    dtype: str = "float32"  # parameters and compute; norms, attention logits and softmax run in float32
+    # imagen_jax.attention's kernel ("xla", or "cudnn" on NVIDIA GPUs): how attention runs, not what the encoder
+    # computes, so it is left out of repr (the built-in encoder's embedding-cache identity hashes repr(config))
+    attention_implementation: str = dataclasses.field(default="xla", repr=False)
 
     def __post_init__(self):
         if self.feed_forward_proj not in FEED_FORWARD_PROJ:
@@ -52,6 +56,10 @@ class T5Config:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.attention_implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_implementation must be one of {IMPLEMENTATIONS}, got {self.attention_implementation!r}"
+            )
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"T5Config.{name} must be >= 1, got {getattr(self, name)}")
@@ -142,7 +150,7 @@ class RMSNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with an additive position bias and a key padding mask; logits unscaled."""
+    """Multi-head self-attention with an additive position bias and a key padding mask; logits unscaled, float32."""
 
     config: T5Config
 
@@ -156,15 +164,19 @@ class SelfAttention(nn.Module):
         wk = _param(self, "key", (d, h, k), ("embed", "heads", "kv"), d**-0.5, dtype)
         wv = _param(self, "value", (d, h, k), ("embed", "heads", "kv"), d**-0.5, dtype)
         wo = _param(self, "out", (h, k, d), ("heads", "kv", "embed"), (h * k) ** -0.5, dtype)
-        q = jnp.einsum("bld,dhk->bhlk", x, wq)
-        key = jnp.einsum("bld,dhk->bhlk", x, wk)
-        value = jnp.einsum("bld,dhk->bhlk", x, wv)
-        logits = jnp.einsum("bhqk,bhsk->bhqs", q, key, preferred_element_type=jnp.float32)
-        logits = logits + position_bias[None]
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-        context = jnp.einsum("bhqs,bhsk->bhqk", weights, value)
-        return jnp.einsum("bhlk,hkd->bld", context, wo)
+        q = jnp.einsum("bld,dhk->blhk", x, wq)
+        key = jnp.einsum("bld,dhk->blhk", x, wk)
+        value = jnp.einsum("bld,dhk->blhk", x, wv)
+        context = attention(
+            q,
+            key,
+            value,
+            mask,
+            implementation=cfg.attention_implementation,
+            bias=position_bias[None],
+            scale=1.0,
+        )
+        return jnp.einsum("blhk,hkd->bld", context, wo)
 
 
 class FeedForward(nn.Module):

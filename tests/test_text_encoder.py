@@ -193,3 +193,21 @@ def test_config_errors_are_clear(tmp_path):
     assert (
         build_text_encoder(config, str(tmp_path), corpus=no_corpus).module.config.vocab_size == big.vocab_size
     )
+
+
+def test_attention_implementation_is_plumbed_and_refused_when_unknown(builtin, pretrained_dir, tmp_path):
+    # the quickstart's text section has no attention_implementation, as configs written before it
+    default, workdir = builtin
+    assert "attention_implementation" not in text_config()
+    assert default.module.config.attention_implementation == "xla"
+    pretrained = build_text_encoder(  # weights load (and attention runs) on first use
+        text_config(pretrained_dir=str(pretrained_dir), attention_implementation="cudnn"),
+        str(tmp_path),
+        corpus=no_corpus,
+    )
+    assert pretrained.module.config.attention_implementation == "cudnn"
+    if jax.default_backend() != "gpu":  # the built-in encoder runs its init at once
+        with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU"):
+            build_text_encoder(text_config(attention_implementation="cudnn"), workdir, corpus=no_corpus)
+    with pytest.raises(ValueError, match=r"text.attention_implementation must be one of \('xla', 'cudnn'\)"):
+        build_text_encoder(text_config(attention_implementation="flash"), workdir, corpus=no_corpus)

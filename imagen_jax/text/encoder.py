@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from imagen_jax.attention import IMPLEMENTATIONS
 from imagen_jax.text import hf_import
 from imagen_jax.text.t5 import T5Config, T5Encoder, init_params, param_shardings
 from imagen_jax.text.tokenizer import Tokenizer, train_tokenizer
@@ -140,11 +141,21 @@ def _params_digest(params: dict) -> str:
     )
 
 
+def _attention_implementation(text_config: ml_collections.ConfigDict) -> str:
+    """text.attention_implementation; "xla" for configs written before it existed."""
+    return text_config.get("attention_implementation", "xla")
+
+
 def _validate(text_config: ml_collections.ConfigDict) -> None:
     if text_config.max_length < 2:
         raise ValueError(f"text.max_length must be >= 2 (a token and EOS), got {text_config.max_length}")
     if text_config.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"text.dtype must be float32, bfloat16 or float16, got {text_config.dtype!r}")
+    if _attention_implementation(text_config) not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"text.attention_implementation must be one of {IMPLEMENTATIONS}, "
+            f"got {_attention_implementation(text_config)!r}"
+        )
     if text_config.pretrained_dir and not os.path.isdir(text_config.pretrained_dir):
         raise FileNotFoundError(f"text.pretrained_dir {text_config.pretrained_dir!r} is not a directory")
 
@@ -183,7 +194,7 @@ def build_text_encoder(
     common = (f"format{CACHE_FORMAT}", tokenizer.identity, text_config.dtype, str(text_config.max_length))
     if text_config.pretrained_dir:
         path = text_config.pretrained_dir
-        config = hf_import.read_config(path, text_config.dtype)
+        config = hf_import.read_config(path, text_config.dtype, _attention_implementation(text_config))
         identity = _hash(*common, "pretrained", hf_import.fingerprint(path))
         params_fn = lambda: hf_import.load_t5(path, text_config.dtype, mesh=mesh, rules=rules)[1]
         return TextEncoder(tokenizer, T5Encoder(config), params_fn, text_config.max_length, identity)
@@ -198,6 +209,7 @@ def build_text_encoder(
         num_layers=t5.num_layers,
         feed_forward_proj=t5.feed_forward_proj,
         dtype=text_config.dtype,
+        attention_implementation=_attention_implementation(text_config),
     )
     params = init_params(config, text_config.init_seed)
     identity = _hash(*common, "builtin", repr(config), _params_digest(params))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
+from imagen_jax.attention import IMPLEMENTATIONS
 from imagen_jax.text.t5 import DTYPES, T5Config, T5Encoder, param_shardings
 
 SINGLE_FILE = "model.safetensors"
@@ -41,8 +42,15 @@ class _Spec:
     convert: Callable[[np.ndarray], np.ndarray]
 
 
-def read_config(path: str, dtype: str = "float32") -> T5Config:
-    """T5Config from <path>/config.json; a clear error for a non-T5 or decoder-only configuration."""
+def read_config(path: str, dtype: str = "float32", attention_implementation: str = "xla") -> T5Config:
+    """T5Config from <path>/config.json; a clear error for a non-T5 or decoder-only configuration.
+
+    dtype and attention_implementation are ours (how to run it), not the checkpoint's.
+    """
+    if attention_implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention_implementation must be one of {IMPLEMENTATIONS}, got {attention_implementation!r}"
+        )
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"No config.json in {path!r}: expected a Hugging Face T5 checkpoint directory")
@@ -68,6 +76,7 @@ def read_config(path: str, dtype: str = "float32") -> T5Config:
             relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
             layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-6),
             dtype=dtype,
+            attention_implementation=attention_implementation,
         )
     except KeyError as e:
         raise CheckpointError(f"{config_path}: missing key {e.args[0]!r}") from None
@@ -200,16 +209,17 @@ def load_t5(
     dtype: str = "float32",
     mesh: jax.sharding.Mesh | None = None,
     rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] | None = None,
+    attention_implementation: str = "xla",
 ) -> tuple[T5Encoder, dict]:
     """Loads a local Hugging Face T5 (or mT5) checkpoint directory.
 
     Returns (module, variables) with module.apply(variables, input_ids int32 [B, L], attention_mask [B, L])
     -> last hidden states [B, L, D]. With a mesh (and logical axis rules), each parameter is placed sharded
-    as soon as it is read.
+    as soon as it is read. attention_implementation: imagen_jax.attention's ("xla", or "cudnn" on NVIDIA GPUs).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    config = read_config(path, dtype)
+    config = read_config(path, dtype, attention_implementation)
     specs = checkpoint_specs(config)
     files = weight_files(path)
     chosen = _match_keys(files, specs, path)

@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from imagen_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or None = replicated). Batch is split over data and fsdp; parameters are
@@ -34,7 +36,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-class MeshConfigError(ValueError):
+class MeshConfigError(UserError):
     """The requested mesh does not fit the available devices."""
 
 
@@ -61,7 +63,7 @@ def split_host_cpu(requested: int, batch_size: int, micro_steps: int = 1) -> int
     return int(requested)
 
 
-class DistributedInitError(ValueError):
+class DistributedInitError(UserError):
     """jax.distributed could not be initialised with the given settings (printed by main as one line)."""
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from imagen_jax.errors import UserError
 from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
 from imagen_jax.experiment import Experiment
@@ -17,7 +18,7 @@ from imagen_jax.experiment import Experiment
 PyTree = Any
 
 
-class SamplingError(ValueError):
+class SamplingError(UserError):
     """The sampling request cannot be served (e.g. no prompts)."""
 
 

@@ -12,11 +12,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "imagen_jax"
 # Lowest first: a module may import its own layer's modules and those of the layers below it, never above.
 LAYERS = (
     (
+        "imagen_jax.errors",
         "imagen_jax.attention",
         "imagen_jax.parallel",
         "imagen_jax.config_files",
         "imagen_jax.data",
         "imagen_jax.diffusion",
+        "imagen_jax.workdir_lock",
     ),
     ("imagen_jax.text",),
     ("imagen_jax.models",),

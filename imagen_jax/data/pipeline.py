@@ -30,6 +30,7 @@ from absl import flags
 from PIL import Image
 
 from imagen_jax.data.shapes import ShapesDataset
+from imagen_jax.errors import UserError
 
 SOURCES = ("shapes", "tfds")
 CROPS = ("center", "random", "none")  # square crop before resizing; "none" resizes the whole image (squashes)
@@ -73,7 +74,7 @@ def build_dataset(config: ml_collections.ConfigDict):
     """The dataset named by config.data.source: a ShapesDataset, or a TfdsSource (imagen_jax.data.tfds)."""
     data = config.data
     if data.source not in SOURCES:
-        raise ValueError(f"data.source={data.source!r} is not available; choose one of {SOURCES}.")
+        raise UserError(f"data.source={data.source!r} is not available; choose one of {SOURCES}.")
     if data.source == "tfds":
         from imagen_jax.data import tfds as tfds_lib  # TFDS is imported only when asked for
 
@@ -98,7 +99,7 @@ def build_dataset(config: ml_collections.ConfigDict):
 def local_batch_size(global_batch_size: int) -> int:
     """This process's share of the global batch."""
     if global_batch_size % jax.process_count():
-        raise ValueError(
+        raise UserError(
             f"train.batch_size={global_batch_size} must be divisible by the process count "
             f"{jax.process_count()}."
         )
@@ -188,7 +189,7 @@ def paired_crops(
     version [c', c', 3], c' = crop * lowres_size / S (the crop of the lowres_size image at the same place)."""
     size = image.shape[0]
     if not 0 < crop <= size or (crop * lowres_size) % size:
-        raise ValueError(
+        raise UserError(
             f"data.sr_crop={crop} must be in 1..{size} and give a whole low-res crop "
             f"(sr_crop * sr_lowres_size / image_size)."
         )
@@ -284,18 +285,18 @@ class PipelineSpec:
 def _check_grain_options(data: ml_collections.ConfigDict) -> None:
     crop = data_option(data, "crop")
     if crop not in CROPS:
-        raise ValueError(f"data.crop={crop!r}: choose one of {', '.join(CROPS)}.")
+        raise UserError(f"data.crop={crop!r}: choose one of {', '.join(CROPS)}.")
     for key in ("worker_count", "read_threads", "prefetch_batches", "sr_crop", "sr_lowres_size"):
         if int(data_option(data, key)) < 0:
-            raise ValueError(f"data.{key}={data_option(data, key)} must be >= 0.")
+            raise UserError(f"data.{key}={data_option(data, key)} must be >= 0.")
     if bool(data_option(data, "sr_crop")) != bool(data_option(data, "sr_lowres_size")):
-        raise ValueError("data.sr_crop and data.sr_lowres_size go together: set both (> 0) or neither.")
+        raise UserError("data.sr_crop and data.sr_lowres_size go together: set both (> 0) or neither.")
 
 
 def batched_dataset(records: Sequence, parse: Callable[[Any], dict], spec: PipelineSpec) -> grain.MapDataset:
     """The endless random-access dataset of this process's batches: element s is its batch at step s."""
     if len(records) < spec.process_count * spec.per_process_batch:
-        raise ValueError(
+        raise UserError(
             f"The dataset has {len(records)} examples, fewer than one global batch "
             f"({spec.process_count} x {spec.per_process_batch})."
         )
@@ -325,7 +326,7 @@ class GrainBatches:
         if state is not None:
             self.set_state(state)
             if self.next_step != start_step:
-                raise ValueError(
+                raise UserError(
                     f"The saved data iterator is at step {self.next_step}, the checkpoint at step {start_step}."
                 )
 
@@ -370,7 +371,7 @@ class GrainBatches:
         now = json.loads(json.dumps(self.spec.identity()))
         if saved != now:
             changed = [f"{k} {saved.get(k)} -> {now[k]}" for k in now if saved.get(k) != now[k]]
-            raise ValueError(f"The saved data iterator belongs to another pipeline ({', '.join(changed)}).")
+            raise UserError(f"The saved data iterator belongs to another pipeline ({', '.join(changed)}).")
         self._open(int(state["slice_start"]))
         self._iterator.set_state(state["grain"])
         self.next_step = int(state["next_step"])

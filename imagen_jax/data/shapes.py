@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from imagen_jax.errors import UserError
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 30, 35),
     "green": (40, 190, 60),
@@ -318,9 +320,9 @@ class ShapesDataset:
         two_object_fraction: float = 0.5,
     ):
         if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"data.image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size}")
+            raise UserError(f"data.image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size}")
         if max_objects not in (1, 2):
-            raise ValueError(f"data.max_objects must be 1 or 2, got {max_objects}")
+            raise UserError(f"data.max_objects must be 1 or 2, got {max_objects}")
         if not 0.0 <= two_object_fraction <= 1.0:
             raise ValueError(f"two_object_fraction must be in [0, 1], got {two_object_fraction}")
         self.image_size = int(image_size)

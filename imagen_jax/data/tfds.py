@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import read_only_builder, registered
 
+from imagen_jax.errors import UserError
+
 # Caption templates of class-labelled datasets, by dataset name; others use DEFAULT_TEMPLATE.
 CLASS_TEMPLATES: dict[str, str] = {
     "mnist": "a handwritten digit {label}",
@@ -41,7 +43,7 @@ EVAL_SPLIT_FALLBACKS: tuple[str, ...] = ("validation", "val", "test", "holdout")
 SHAPES_BUILDER = "imagen_jax_shapes"
 
 
-class DatasetNotPreparedError(ValueError):
+class DatasetNotPreparedError(UserError):
     """A TFDS dataset is not prepared in the data_dir (the message says how to prepare it)."""
 
 
@@ -92,7 +94,7 @@ def load_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 def _as_data_source(builder: tfds.core.DatasetBuilder, name: str, split: str, data_dir: str, decoders=None):
     splits = list(builder.info.splits) if builder.info.splits else []
     if splits and split.split("[")[0] not in splits:
-        raise ValueError(
+        raise UserError(
             f"data.tfds_split={split!r}: the TFDS dataset {name!r} has the splits {', '.join(splits)}."
         )
     try:
@@ -158,7 +160,7 @@ class TfdsSource:
         features = self.builder.info.features
         base = name.split("/")[0].split(":")[0]
         if "image" not in features:
-            raise ValueError(
+            raise UserError(
                 f"The TFDS dataset {name!r} has no 'image' feature (features: {list(features)})."
             )
         if "captions" in features:
@@ -168,10 +170,10 @@ class TfdsSource:
         elif "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
             template = caption_template or CLASS_TEMPLATES.get(base, DEFAULT_TEMPLATE)
             if "{label}" not in template:
-                raise ValueError(f"data.caption_template={template!r} must contain '{{label}}'.")
+                raise UserError(f"data.caption_template={template!r} must contain '{{label}}'.")
             self.parser = RecordParser("label", template, tuple(features["label"].names))
         else:
-            raise ValueError(
+            raise UserError(
                 f"The TFDS dataset {name!r} has neither captions nor a class label (features: {list(features)})."
             )
         self.eval_split = EVAL_SPLITS.get(base) or next(

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imagen_jax.errors import UserError
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 BN_EPSILON = 1e-3
@@ -199,7 +201,7 @@ _LEAVES = {  # PyTorch tensor name suffix -> (collection, Flax leaf name)
 }
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(UserError):
     """The Inception weight file is missing, unreadable, or not pytorch-fid's FID Inception."""
 
 

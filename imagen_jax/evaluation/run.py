@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from imagen_jax.data import shapes
+from imagen_jax.errors import UserError
 from imagen_jax.evaluation import alignment, feature_net, metrics
 
 PROMPT_SETS = ("train", "holdout")
@@ -69,7 +70,7 @@ def settings_of(config: ml_collections.ConfigDict, sweep: bool = True) -> ml_col
     if own is not None:
         for key, value in own.items():
             if key not in settings:
-                raise ValueError(f"eval.{key} is not an eval setting; known: {', '.join(sorted(settings))}.")
+                raise UserError(f"eval.{key} is not an eval setting; known: {', '.join(sorted(settings))}.")
             settings[key] = value
     check_settings(settings)
     if sweep:
@@ -81,7 +82,7 @@ def check_sweep(e: ml_collections.ConfigDict, config: ml_collections.ConfigDict)
     """The swept option must be one of the family's sampling settings (a key of config.sample)."""
     sample = config.get("sample") or {}
     if e.sweep_option and e.sweep_option not in sample:
-        raise ValueError(
+        raise UserError(
             f"eval.sweep_option={e.sweep_option!r} is not a sampling setting of this {config.family} config "
             f"(config.sample has {', '.join(sorted(sample))}); choose one of them, or '' for no sweep."
         )
@@ -90,21 +91,21 @@ def check_sweep(e: ml_collections.ConfigDict, config: ml_collections.ConfigDict)
 def check_settings(e: ml_collections.ConfigDict) -> None:
     """One clear message per impossible eval setting."""
     if int(e.num_samples) < 4:
-        raise ValueError(f"eval.num_samples={e.num_samples} must be >= 4 (k-NN radii need k + 1 samples).")
+        raise UserError(f"eval.num_samples={e.num_samples} must be >= 4 (k-NN radii need k + 1 samples).")
     if not e.prompt_sets or any(s not in PROMPT_SETS for s in e.prompt_sets):
-        raise ValueError(f"eval.prompt_sets={tuple(e.prompt_sets)} must name some of {PROMPT_SETS}.")
+        raise UserError(f"eval.prompt_sets={tuple(e.prompt_sets)} must name some of {PROMPT_SETS}.")
     if e.feature_space not in FEATURE_SPACES:
-        raise ValueError(f"eval.feature_space={e.feature_space!r}; choose one of {FEATURE_SPACES}.")
+        raise UserError(f"eval.feature_space={e.feature_space!r}; choose one of {FEATURE_SPACES}.")
     if e.feature_space == "inception" and not os.path.isfile(e.inception_weights):
-        raise ValueError(
+        raise UserError(
             f"eval.feature_space=inception needs eval.inception_weights, the local path of pytorch-fid's FID "
             f"Inception weights (pt_inception-2015-12-05-6726825d.pth or a converted .npz); got "
             f"{e.inception_weights!r}, which is not a file. Nothing is downloaded."
         )
     if not 1 <= int(e.pr_k) < int(e.num_samples):
-        raise ValueError(f"eval.pr_k={e.pr_k} must be in [1, eval.num_samples).")
+        raise UserError(f"eval.pr_k={e.pr_k} must be in [1, eval.num_samples).")
     if e.sweep_option and not e.sweep_values:
-        raise ValueError(f"eval.sweep_option={e.sweep_option!r} needs eval.sweep_values (a tuple of values).")
+        raise UserError(f"eval.sweep_option={e.sweep_option!r} needs eval.sweep_values (a tuple of values).")
 
 
 class _Features:
@@ -145,7 +146,7 @@ def reference_batch(dataset: Any, split: str, n: int, seed: int) -> dict[str, An
     the eval seed (not the run's, so every run and model is judged against the same images) from a stream
     training never reads."""
     if not isinstance(dataset, shapes.ShapesDataset):
-        raise ValueError(
+        raise UserError(
             "mode=eval needs the built-in shapes data (data.source=shapes) for its reference images and judge."
         )
     fraction = dataset.two_object_fraction if dataset.max_objects == 2 else 0.5

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from imagen_jax.attention import IMPLEMENTATIONS
+from imagen_jax.errors import MissingFileError, UserError
 from imagen_jax.text import hf_import
 from imagen_jax.text.t5 import T5Config, T5Encoder, init_params, param_shardings
 from imagen_jax.text.tokenizer import Tokenizer, train_tokenizer
@@ -69,7 +70,7 @@ class TextEncoder:
         identity: str,
     ):
         if tokenizer.vocab_size > module.config.vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"The tokenizer has {tokenizer.vocab_size} pieces but the T5 embedding only "
                 f"{module.config.vocab_size} rows; use the spiece.model that belongs to the checkpoint"
             )
@@ -146,18 +147,19 @@ def _attention_implementation(text_config: ml_collections.ConfigDict) -> str:
     return text_config.get("attention_implementation", "xla")
 
 
-def _validate(text_config: ml_collections.ConfigDict) -> None:
+def validate(text_config: ml_collections.ConfigDict) -> None:
+    """A UserError naming the first impossible text.* setting (checked at the door and when building)."""
     if text_config.max_length < 2:
-        raise ValueError(f"text.max_length must be >= 2 (a token and EOS), got {text_config.max_length}")
+        raise UserError(f"text.max_length must be >= 2 (a token and EOS), got {text_config.max_length}")
     if text_config.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"text.dtype must be float32, bfloat16 or float16, got {text_config.dtype!r}")
+        raise UserError(f"text.dtype must be float32, bfloat16 or float16, got {text_config.dtype!r}")
     if _attention_implementation(text_config) not in IMPLEMENTATIONS:
-        raise ValueError(
+        raise UserError(
             f"text.attention_implementation must be one of {IMPLEMENTATIONS}, "
             f"got {_attention_implementation(text_config)!r}"
         )
     if text_config.pretrained_dir and not os.path.isdir(text_config.pretrained_dir):
-        raise FileNotFoundError(f"text.pretrained_dir {text_config.pretrained_dir!r} is not a directory")
+        raise MissingFileError(f"text.pretrained_dir {text_config.pretrained_dir!r} is not a directory")
 
 
 def _tokenizer(
@@ -189,7 +191,7 @@ def build_text_encoder(
     corpus() is called only when a tokenizer has to be trained. With a mesh and logical axis rules the
     weights are placed sharded.
     """
-    _validate(text_config)
+    validate(text_config)
     tokenizer = _tokenizer(text_config, workdir, corpus)
     common = (f"format{CACHE_FORMAT}", tokenizer.identity, text_config.dtype, str(text_config.max_length))
     if text_config.pretrained_dir:

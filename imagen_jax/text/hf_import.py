@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import safe_open
 
 from imagen_jax.attention import IMPLEMENTATIONS
+from imagen_jax.errors import UserError
 from imagen_jax.text.t5 import DTYPES, T5Config, T5Encoder, param_shardings
 
 SINGLE_FILE = "model.safetensors"
@@ -29,7 +30,7 @@ IGNORED_PREFIXES = ("decoder.", "lm_head.")
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory that cannot be read as a T5 encoder; the message names the file or key."""
 
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import sentencepiece as spm
 
+from imagen_jax.errors import MissingFileError, UserError
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
@@ -33,7 +35,7 @@ class Tokenizer:
         self.num_truncated = 0  # prompts cut to max_length so far (all calls)
         conventions = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(), self._sp.bos_id())
         if conventions != (PAD_ID, EOS_ID, UNK_ID, -1):
-            raise ValueError(
+            raise UserError(
                 f"SentencePiece model {source} does not follow T5's conventions: (pad, eos, unk, bos) ids are "
                 f"{conventions}, expected ({PAD_ID}, {EOS_ID}, {UNK_ID}, -1). Use T5's spiece.model or "
                 "train one with imagen_jax.text.tokenizer.train_tokenizer."
@@ -43,7 +45,7 @@ class Tokenizer:
     def load(cls, path: str) -> Tokenizer:
         """Reads a ``spiece.model`` file."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"SentencePiece model not found: {path!r} (text.spiece_model or spiece.model)"
             )
         with open(path, "rb") as f:

@@ -5,6 +5,8 @@ import dataclasses
 
 import ml_collections
 
+from imagen_jax.errors import UserError
+
 OPTIMIZERS = ("adam", "adafactor")
 
 
@@ -39,7 +41,7 @@ _SAVED_BEFORE = {"optimizer": "adam", "grad_accum_steps": 1}
 def check_optimizer_name(name: str) -> str:
     """`name` if it names an optimizer, else a ValueError listing them."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"train.optimizer={name!r} is not an optimizer; choose one of {OPTIMIZERS}.")
+        raise UserError(f"train.optimizer={name!r} is not an optimizer; choose one of {OPTIMIZERS}.")
     return name
 
 

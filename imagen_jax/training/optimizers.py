@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import optax
 
+from imagen_jax.errors import UserError
 from imagen_jax.training.hparams import TrainHparams
 
 PyTree = Any
@@ -67,7 +68,7 @@ def single_network(hp: TrainHparams) -> optax.GradientTransformation:
     Given logically boxed parameters, Adafactor's init returns a state whose boxes match their leaves' ranks (see
     factored_state_boxes), so parallel.logical_shardings can shard it."""
     if hp.learning_rate is None:
-        raise ValueError(
+        raise UserError(
             "train.learning_rate is missing: this family trains one network at one learning rate."
         )
     if hp.optimizer == "adam":

@@ -106,10 +106,9 @@ def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collec
                 dim=512,
                 channel_mult=(1, 2, 3, 4),
                 num_res_blocks=3,
-                attn_levels=(1, 2, 3),  # 32, 16, 8
-                cross_attn_levels=(1, 2, 3),
+                attn_levels=(1, 2, 3),  # 32, 16, 8: text tokens joined to the keys/values of self-attention
                 head_dim=64,
-                cond_dim=4096,
+                cond_dim=2048,  # 4 x the channels, as Improved DDPM's embedding
                 efficient=False,
             ),
             diffusion=_diffusion("cosine"),
@@ -142,7 +141,7 @@ def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collec
             model=_model(
                 dim=128,
                 channel_mult=(1, 2, 4, 8),
-                num_res_blocks=(2, 4, 8, 4),
+                num_res_blocks=(2, 4, 8, 8),  # App. F.3 as written
                 cross_attn_levels=(3,),  # no self-attention, text cross-attention at the lowest level
                 head_dim=128,
                 cond_dim=512,

@@ -46,9 +46,9 @@ def boxed_state(
 def abstract_state(
     family: Family, optimizer: Any, batch: dict[str, jax.Array], mesh: Mesh
 ) -> tuple[PyTree, PyTree]:
-    """(ShapeDtypeStructs, NamedShardings) of the unboxed train state, nothing allocated: what init, restore,
-    sampling, describe and AOT compilation all start from."""
-    boxed = jax.eval_shape(lambda rng: boxed_state(family, optimizer, batch, rng), jax.random.key(0))
+    """(ShapeDtypeStructs, NamedShardings) of the unboxed train state for `batch`'s shapes (arrays or
+    ShapeDtypeStructs), nothing allocated: what init, restore, sampling, describe and AOT compilation start from."""
+    boxed = jax.eval_shape(lambda rng, b: boxed_state(family, optimizer, b, rng), jax.random.key(0), batch)
     return nn.meta.unbox(boxed), parallel.logical_shardings(boxed, mesh)
 
 

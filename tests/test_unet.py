@@ -82,11 +82,8 @@ def test_remat_gives_same_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(a).max())))
 
 
-def test_skip_scaling_and_resampling_order():
-    """Skips enter the up path scaled by 1/sqrt(2); the down path resamples before its blocks, the up path after."""
-    model = UNet(**TINY)
-    args = _inputs()
-    params = _init_nonzero_output(model, args)
+def _record_calls(model, args, params, **kwargs):
+    """(names of the U-Net's direct children in call order, their inputs, their outputs) of one apply."""
     calls, inputs, outputs = [], {}, {}
 
     def record(next_fun, call_args, call_kwargs, context):
@@ -97,15 +94,38 @@ def test_skip_scaling_and_resampling_order():
         return out
 
     with nn.intercept_methods(record):
-        model.apply({"params": params}, *args)
-    skip = outputs["down0_block0"]
+        model.apply({"params": params}, *args, **kwargs)
+    return calls, inputs, outputs
+
+
+def test_efficient_unet_dblocks_downsample_first_and_ublocks_take_scaled_dblock_outputs():
+    """Every DBlock (level 0 too) downsamples before its res blocks; every UBlock upsamples after them; a UBlock's
+    skip is its DBlock's output scaled by 1/sqrt(2); the deepest UBlock continues without one; no middle block."""
+    model = UNet(**TINY)
+    args = _inputs()
+    params = _init_nonzero_output(model, args)
+    calls, inputs, outputs = _record_calls(model, args, params)
+    dblock0_out = outputs["down0_cross_attn"]  # TINY's level 0 ends in cross-attention
     up_input = inputs["up0_block0"]
     np.testing.assert_allclose(
-        np.asarray(up_input[..., -skip.shape[-1] :]), np.asarray(skip * SKIP_SCALE), rtol=1e-6, atol=1e-6
+        np.asarray(up_input[..., -dblock0_out.shape[-1] :]),
+        np.asarray(dblock0_out * SKIP_SCALE),
+        rtol=1e-6,
+        atol=1e-6,
     )
     assert SKIP_SCALE == pytest.approx(1 / np.sqrt(2))
+    deepest = outputs["down1_attn"]  # TINY attends at level 1
+    np.testing.assert_array_equal(
+        np.asarray(inputs["up1_block0"]), np.asarray(deepest)
+    )  # no skip concatenated
+    assert calls.index("conv_in") < calls.index("down0_resample") < calls.index("down0_block0")
     assert calls.index("down1_resample") < calls.index("down1_block0")
     assert calls.index("up1_block0") < calls.index("up1_resample") < calls.index("up0_block0")
+    assert calls.index("up0_block0") < calls.index("up0_resample") < calls.index("norm_out")
+    assert not any(name.startswith("mid") for name in calls)
+    size = args[0].shape[1]
+    assert outputs["down0_block0"].shape[1] == size // 2 and outputs["down1_block0"].shape[1] == size // 4
+    assert outputs["up0_resample"].shape[1] == size
 
 
 def test_bad_configuration_is_named():
@@ -121,17 +141,8 @@ def test_base_unet_resamples_after_down_blocks_and_before_up_blocks_without_skip
     model = UNet(**TINY, efficient=False)
     args = _inputs()
     params = _init_nonzero_output(model, args)
-    calls, inputs, outputs = [], {}, {}
-
-    def record(next_fun, call_args, call_kwargs, context):
-        out = next_fun(*call_args, **call_kwargs)
-        if context.method_name == "__call__" and len(context.module.path) == 1:
-            calls.append(context.module.name)
-            inputs[context.module.name], outputs[context.module.name] = call_args[0], out
-        return out
-
-    with nn.intercept_methods(record):
-        model.apply({"params": params}, *args)
+    calls, inputs, outputs = _record_calls(model, args, params)
+    assert outputs["down0_block0"].shape[1] == args[0].shape[1]  # level 0 at full resolution
     skip = outputs["down0_block0"]
     np.testing.assert_array_equal(np.asarray(inputs["up0_block0"][..., -skip.shape[-1] :]), np.asarray(skip))
     assert calls.index("down0_block0") < calls.index("down1_resample") < calls.index("down1_block0")
@@ -172,7 +183,8 @@ def test_explicit_cross_attention_alone_sees_only_unmasked_tokens():
     model = UNet(**{**TINY, "attn_levels": (), "cross_attn_levels": (1,)})
     x, log_snr, text, mask = _inputs()
     params = _init_nonzero_output(model, (x, log_snr, text, mask))
-    assert "mid_cross_attn" in params and not any(k.endswith("_attn") and "cross" not in k for k in params)
+    assert "down1_cross_attn" in params and "up1_cross_attn" in params
+    assert not any(k.endswith("_attn") and "cross" not in k for k in params)
     garbage = jnp.where(mask[..., None], text, 50.0 * jax.random.normal(jax.random.key(4), text.shape))
     apply = jax.jit(model.apply)
     a = apply({"params": params}, x, log_snr, text, mask)

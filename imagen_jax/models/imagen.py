@@ -47,6 +47,7 @@ def build_unet(model_config: ml_collections.ConfigDict, lowres_cond: bool = Fals
         dropout=model_config.dropout,
         remat=model_config.remat,
         dtype=model_config.dtype,
+        attention_implementation=model_config.get("attention_implementation", "xla"),
     )
 
 

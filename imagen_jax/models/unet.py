@@ -5,10 +5,18 @@ res block through FiLM; text tokens join the keys/values of self-attention at `a
 to explicitly at `cross_attn_levels`. SR stages also see the (upsampled, noise-augmented) low-res image,
 concatenated to x_t as extra input channels.
 
-`efficient=True` (Efficient U-Net): the down path resamples BEFORE its convolutions, the up path AFTER them,
-and skip connections are scaled by 1/sqrt(2). `efficient=False` (base U-Net, as in Ho/Nichol-Dhariwal): the
-down path resamples AFTER a level's blocks, the up path BEFORE them, skips unscaled. Per-level channel
-multipliers and res-block counts express the Efficient U-Net's shift of parameters to low resolutions.
+`efficient=True` (Efficient U-Net, App. B.1 and Figs. A.30-A.32): a full-resolution input convolution, then one
+DBlock per level, each of which downsamples (stride 2) BEFORE its res blocks and attention, including the first:
+an SR 64 -> 256 network runs its four blocks at 128, 64, 32 and 16. Each UBlock takes its DBlock's output as the
+skip connection (scaled by 1/sqrt(2), concatenated; the deepest UBlock continues from the deepest DBlock without
+one), runs its res blocks and attention, and upsamples AFTER them; there is no middle block. `efficient=False` (the base U-Net of App. F.1, as in Ho / Nichol-Dhariwal): level 0 runs
+at full resolution, the down path resamples AFTER a level's blocks and the up path BEFORE them, a middle block
+joins them, and every res block's output is an (unscaled) skip connection. Per-level channel multipliers and
+res-block counts express the Efficient U-Net's shift of parameters to low resolutions.
+
+Text conditioning: `attn_levels` concatenate the text tokens into the keys/values of self-attention (the base and
+64 -> 256 stages, D.3.1); `cross_attn_levels` attend to the text alone (the 1024 stage, which has no
+self-attention).
 """
 
 from collections.abc import Sequence
@@ -28,17 +36,20 @@ class UNet(nn.Module):
     Fields:
       dim: channels at full resolution; level i has dim * channel_mult[i] channels.
       num_res_blocks: res blocks per level (one int for all levels, or one per level).
-      attn_levels / cross_attn_levels: level indices (0 = full resolution) with self-attention over pixels and
-        text tokens / explicit cross-attention to the text. The middle block attends as the deepest level does.
+      attn_levels / cross_attn_levels: level indices (0 = the first, highest-resolution level) with self-attention
+        over pixels and text tokens / explicit cross-attention to the text. The base U-Net's middle block attends
+        as its deepest level does.
       head_dim: channels per attention head.
       cond_dim: width of the conditioning vector and of the projected text tokens.
       out_channels: 3 for RGB.
       lowres_cond: super-resolution stage; __call__ then needs `lowres` (the upsampled low-res image) and
         `aug_log_snr` (the noise-conditioning augmentation level).
-      efficient: Efficient U-Net resampling order and skip scaling (see the module docstring); False: base U-Net.
+      efficient: the Efficient U-Net (DBlocks / UBlocks, see the module docstring); False: the base U-Net.
       dropout: dropout rate inside res blocks (active when train=True).
       remat: rematerialise each res block in the backward pass (trades compute for activation memory).
       dtype: compute dtype (parameters stay float32).
+      attention_implementation: jax.nn.dot_product_attention's backend for every attention ("xla"; "cudnn" on
+        NVIDIA GPUs); logits and softmax are float32 either way (imagen_jax/attention.py).
     """
 
     dim: int = 32
@@ -54,6 +65,7 @@ class UNet(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: str = "float32"
+    attention_implementation: str = "xla"
 
     def _blocks_per_level(self) -> tuple[int, ...]:
         levels = len(self.channel_mult)
@@ -85,10 +97,11 @@ class UNet(nn.Module):
         train: bool = False,
     ) -> jax.Array:
         blocks = self._blocks_per_level()
-        if x.shape[1] % 2 ** (len(blocks) - 1) or x.shape[2] % 2 ** (len(blocks) - 1):
+        halvings = len(blocks) if self.efficient else len(blocks) - 1
+        if x.shape[1] % 2**halvings or x.shape[2] % 2**halvings:
             raise ValueError(
-                f"Image side {x.shape[1]}x{x.shape[2]} must be divisible by "
-                f"2**{len(blocks) - 1} for {len(blocks)} U-Net levels."
+                f"Image side {x.shape[1]}x{x.shape[2]} must be divisible by 2**{halvings} for "
+                f"{len(blocks)} {'Efficient ' if self.efficient else ''}U-Net levels."
             )
         dtype = self.dtype
         batch = x.shape[0]
@@ -103,7 +116,9 @@ class UNet(nn.Module):
         cond = layers.dense(self.cond_dim, dtype=dtype, name="time_mlp_1")(nn.silu(cond))
         text = layers.layer_norm(dtype, name="text_norm")(text.astype(dtype))
         text = layers.dense(self.cond_dim, dtype=dtype, name="text_proj")(text)
-        pooled = layers.AttentionPool(dtype=dtype, name="text_pool")(text, text_mask)
+        pooled = layers.AttentionPool(
+            dtype=dtype, implementation=self.attention_implementation, name="text_pool"
+        )(text, text_mask)
         null_pooled = self.param(
             "null_pooled_text",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
@@ -129,50 +144,79 @@ class UNet(nn.Module):
         cond = cond.astype(dtype)
 
         res_block = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
-        skip_scale = SKIP_SCALE if self.efficient else 1.0
-        last = len(blocks) - 1
 
         def attend(h: jax.Array, level: int, tag: str) -> jax.Array:
             if level in self.attn_levels:
-                h = layers.AttentionBlock(self.head_dim, dtype=dtype, name=f"{tag}_attn")(h, text, text_mask)
+                h = layers.AttentionBlock(
+                    self.head_dim,
+                    dtype=dtype,
+                    implementation=self.attention_implementation,
+                    name=f"{tag}_attn",
+                )(h, text, text_mask)
             if level in self.cross_attn_levels:
                 h = layers.AttentionBlock(
-                    self.head_dim, text_only=True, dtype=dtype, name=f"{tag}_cross_attn"
+                    self.head_dim,
+                    text_only=True,
+                    dtype=dtype,
+                    implementation=self.attention_implementation,
+                    name=f"{tag}_cross_attn",
                 )(h, text, text_mask)
             return h
 
         h = layers.conv(self.dim, dtype=dtype, name="conv_in")(x.astype(dtype))
-        skips = []
-        for level, (mult, count) in enumerate(zip(self.channel_mult, blocks, strict=True)):
-            features = self.dim * mult
-            if level > 0 and self.efficient:  # Efficient U-Net: downsample before the convolutions
-                h = layers.Downsample(features, dtype=dtype, name=f"down{level}_resample")(h)
-            for i in range(count):
-                h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
-                skips.append(h)
-            h = attend(h, level, f"down{level}")
-            if level < last and not self.efficient:  # base U-Net: downsample after the convolutions
-                h = layers.Downsample(features, dtype=dtype, name=f"down{level + 1}_resample")(h)
-
-        mid = self.dim * self.channel_mult[-1]
-        h = res_block(mid, self.dropout, dtype, name="mid_block0")(h, cond, train)
-        h = attend(h, last, "mid")
-        h = res_block(mid, self.dropout, dtype, name="mid_block1")(h, cond, train)
-
-        for level in reversed(range(len(blocks))):
-            features = self.dim * self.channel_mult[level]
-            if level < last and not self.efficient:  # base U-Net: upsample before the convolutions
-                h = layers.Upsample(h.shape[-1], dtype=dtype, name=f"up{level + 1}_resample")(h)
-            for i in range(blocks[level]):
-                h = jnp.concatenate([h, skips.pop() * skip_scale], axis=-1)
-                h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
-            h = attend(h, level, f"up{level}")
-            if level > 0 and self.efficient:  # Efficient U-Net: upsample after the convolutions
-                h = layers.Upsample(
-                    self.dim * self.channel_mult[level - 1], dtype=dtype, name=f"up{level}_resample"
-                )(h)
-
+        if self.efficient:
+            h = self._efficient_levels(h, cond, blocks, res_block, attend, train)
+        else:
+            h = self._base_levels(h, cond, blocks, res_block, attend, train)
         h = nn.silu(layers.group_norm(h.shape[-1], dtype, name="norm_out")(h))
         out = layers.conv(self.out_channels, zero_init=True, dtype=dtype, name="conv_out")(h)
         assert out.shape[0] == batch
         return out.astype(jnp.float32)
+
+    def _efficient_levels(self, h, cond, blocks, res_block, attend, train):
+        """The Efficient U-Net's DBlocks and UBlocks: [B,H,W,dim] -> [B,H,W,dim]; level i runs at H / 2^(i+1)."""
+        dtype, skips = self.dtype, []
+        for level, (mult, count) in enumerate(zip(self.channel_mult, blocks, strict=True)):
+            features = self.dim * mult
+            h = layers.Downsample(features, dtype=dtype, name=f"down{level}_resample")(h)
+            for i in range(count):
+                h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
+            h = attend(h, level, f"down{level}")
+            skips.append(h)
+        skips.pop()  # the deepest UBlock continues from the deepest DBlock: no skip there (Fig. A.32)
+        for level in reversed(range(len(blocks))):
+            features = self.dim * self.channel_mult[level]
+            if level < len(blocks) - 1:
+                h = jnp.concatenate([h, skips.pop() * SKIP_SCALE], axis=-1)
+            for i in range(blocks[level]):
+                h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
+            h = attend(h, level, f"up{level}")
+            out = self.dim * self.channel_mult[level - 1] if level > 0 else self.dim
+            h = layers.Upsample(out, dtype=dtype, name=f"up{level}_resample")(h)
+        return h
+
+    def _base_levels(self, h, cond, blocks, res_block, attend, train):
+        """The base U-Net's levels, middle block and per-block skips: [B,H,W,dim] -> [B,H,W,dim * mult[0]];
+        level i runs at H / 2^i."""
+        dtype, skips, last = self.dtype, [], len(blocks) - 1
+        for level, (mult, count) in enumerate(zip(self.channel_mult, blocks, strict=True)):
+            features = self.dim * mult
+            for i in range(count):
+                h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
+                skips.append(h)
+            h = attend(h, level, f"down{level}")
+            if level < last:
+                h = layers.Downsample(features, dtype=dtype, name=f"down{level + 1}_resample")(h)
+        mid = self.dim * self.channel_mult[-1]
+        h = res_block(mid, self.dropout, dtype, name="mid_block0")(h, cond, train)
+        h = attend(h, last, "mid")
+        h = res_block(mid, self.dropout, dtype, name="mid_block1")(h, cond, train)
+        for level in reversed(range(len(blocks))):
+            features = self.dim * self.channel_mult[level]
+            if level < last:
+                h = layers.Upsample(h.shape[-1], dtype=dtype, name=f"up{level + 1}_resample")(h)
+            for i in range(blocks[level]):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
+            h = attend(h, level, f"up{level}")
+        return h

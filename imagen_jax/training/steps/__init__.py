@@ -17,10 +17,12 @@ from imagen_jax.training.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class TrainProgram:
-    """What training a family means: its optimizer, and one jit-able step that uses it."""
+    """What training a family means: its optimizer, one jit-able step that uses it, and the losses the step
+    differentiates ({name: loss(params, batch, rng) -> scalar})."""
 
     optimizer: optax.GradientTransformation
     step: Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict[str, Any]]]
+    losses: dict[str, Callable[[Any, dict[str, jax.Array], jax.Array], jax.Array]]
 
 
 def _builders(kind: str) -> ModuleType:
@@ -34,7 +36,9 @@ def program(family: Family, hp: TrainHparams) -> TrainProgram:
     """The optimizer and the step of `family` under the hyper-parameters `hp`."""
     builders = _builders(family.kind)
     optimizer = builders.optimizer(family, hp)
-    return TrainProgram(optimizer=optimizer, step=builders.make_step(family, hp, optimizer))
+    return TrainProgram(
+        optimizer=optimizer, step=builders.make_step(family, hp, optimizer), losses=builders.losses(family)
+    )
 
 
 def from_config(config: Any) -> tuple[Family, TrainProgram]:

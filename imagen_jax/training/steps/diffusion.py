@@ -52,3 +52,9 @@ def make_step(
         return new_state, metrics
 
     return step
+
+
+def losses(family: ImagenFamily) -> dict[str, Callable]:
+    """{name: loss(params, batch, rng) -> scalar}: what the step differentiates (describe measures what its
+    backward pass keeps)."""
+    return {"loss": family.loss}

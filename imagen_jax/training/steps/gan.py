@@ -84,3 +84,12 @@ def make_step(
         return new_state, metrics
 
     return step
+
+
+def losses(family: GanFamily) -> dict[str, Callable]:
+    """{name: loss(params, batch, rng) -> scalar}: what the step differentiates, the discriminator's and the
+    generator's (describe measures what their backward passes keep)."""
+    return {
+        "discriminator": lambda p, batch, rng: family.d_loss_fn(p["discriminator"], p, batch, rng)[0],
+        "generator": lambda p, batch, rng: family.g_loss_fn(p["generator"], p, batch, rng)[0],
+    }

@@ -80,3 +80,9 @@ def make_step(
         return new_state, metrics
 
     return step
+
+
+def losses(family: VaeFamily) -> dict[str, Callable]:
+    """{name: loss(params, batch, rng) -> scalar}: what the step differentiates (describe measures what its
+    backward pass keeps)."""
+    return {"loss": lambda params, batch, rng: family.loss(params, batch, rng, jnp.zeros((), jnp.int32))[0]}

@@ -1,8 +1,8 @@
 """A cascade (a staged family): each stage's experiment and run folder, per-stage restore, and sampling the
 cascade stage after stage from prompts or from a user's low-res image.
 
-A cascade's workdir holds stages/<name>/ for every trained stage (checkpoints, metrics) and samples/ with
-cascade_<stage>.png for every sampled stage."""
+A cascade's workdir holds stages/<name>/ for every trained stage (checkpoints, metrics) and samples/ (after
+training) or sample/ (mode=sample) with cascade_<stage>.png for every sampled stage."""
 
 import dataclasses
 import functools
@@ -108,10 +108,16 @@ class CascadeSamples:
 
 
 def sample_cascade(
-    exp: Experiment, prompts: Sequence[str] | None = None, *, stop: str = "", train_command: str = ""
+    exp: Experiment,
+    prompts: Sequence[str] | None = None,
+    *,
+    stop: str = "",
+    train_command: str = "",
+    out_dir: str | None = None,
 ) -> CascadeSamples:
     """Samples the cascade (sample.start_stage .. sample.stop_stage, or `stop`) for the grid prompts, writing
-    every stage's images to <workdir>/samples/cascade_<stage>.png (+ .txt captions), then judges the last
+    every stage's images to <out_dir>/cascade_<stage>.png (+ .txt captions; out_dir defaults to
+    <workdir>/samples, where training writes, while mode=sample writes to <workdir>/sample), then judges the last
     stage's images, and sample.judge_prompts held-out prompts when the cascade starts from text.
     Refuses (SamplingError) a stage that was never trained, naming it."""
     sample = exp.config.sample
@@ -138,7 +144,7 @@ def sample_cascade(
         exp, params, p, key, start=stages[0].name, stop=stages[-1].name, lowres=low
     )
     outputs = run(grid_prompts, jax.random.fold_in(rng, 0), lowres)
-    samples_dir = os.path.join(exp.workdir, "samples")
+    samples_dir = out_dir or os.path.join(exp.workdir, "samples")
     grids = {}
     for name, images in outputs.items():
         grids[name] = os.path.join(samples_dir, f"cascade_{name}.png")

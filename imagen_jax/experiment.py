@@ -99,7 +99,11 @@ class Experiment:
         )
 
     def restore(self, checkpointer: Checkpointer, step: int) -> tuple[state_lib.TrainState, dict]:
-        """(state, the JSON record saved with it) of checkpoint `step`, placed with this run's shardings."""
+        """(state, the JSON record saved with it) of checkpoint `step`, placed with this run's shardings. A
+        checkpoint trained with another experiment (its record's config) is refused first, naming the keys, so
+        that an intact checkpoint is never reported as damaged."""
+        record = checkpointer.read_record(step)
+        workdir_lib.check_checkpoint_config(record, self.config, step, checkpointer.directory)
         return checkpointer.restore(step, abstract_like(self.state_shapes, self.state_shardings))
 
 

@@ -61,16 +61,22 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def sample_and_judge(
-    exp: Experiment, params: PyTree, step: int, prompts: Sequence[str] | None = None, **options: Any
+    exp: Experiment,
+    params: PyTree,
+    step: int,
+    prompts: Sequence[str] | None = None,
+    out_dir: str | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Samples for the grid prompts (written to <workdir>/samples/step_<step>.png) and for
-    sample.judge_prompts held-out-combination prompts; returns the judge's accuracies for both."""
+    """Samples for the grid prompts (written to <out_dir>/step_<step>.png; default <workdir>/samples, where
+    training writes, while mode=sample writes to <workdir>/sample) and for sample.judge_prompts
+    held-out-combination prompts; returns the judge's accuracies for both."""
     sample = exp.config.sample
     prompts = check_prompts(sample.prompts if prompts is None else prompts)
     rng = jax.random.key(sample.seed)
     grid_prompts = [p for p in prompts for _ in range(sample.num_per_prompt)]
     grid_images = generate_for_prompts(exp, params, grid_prompts, jax.random.fold_in(rng, 0), **options)
-    samples_dir = os.path.join(exp.workdir, "samples")
+    samples_dir = out_dir or os.path.join(exp.workdir, "samples")
     grid_path = os.path.join(samples_dir, f"step_{step}.png")
     write_grid(grid_images, grid_prompts, grid_path, columns=sample.num_per_prompt)
     result: dict[str, Any] = {"step": step, "grid": grid_path, "options": {k: v for k, v in options.items()}}

@@ -1,19 +1,25 @@
 """The command line and the workdir: config flags, checks at the door, and what a workdir remembers.
 
 A workdir holds config.json (the experiment as first launched), checkpoints/, metrics.jsonl, tensorboard/,
-text/ (a tokenizer trained on the captions) and samples/. Relaunching with a config whose model, text,
-diffusion or data differ from the saved one is refused instead of silently mixing two experiments.
+text/ (a tokenizer trained on the captions), samples/ (written by training), sample/ and eval/ (written by the
+sample and eval modes, which may run while it trains). Relaunching, sampling or evaluating with a config whose
+model, text, diffusion or data differ from the saved one is refused, naming the keys, instead of silently mixing
+two experiments or blaming an intact checkpoint.
 """
 
+import importlib.util
 import json
 import os
 import re
+import traceback
 from typing import Any
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from imagen_jax import checks
+from imagen_jax.errors import UserError
 from imagen_jax.training.checkpoint import CheckpointError
 
 # Sections that define what is being trained; changing them mid-run would corrupt the experiment.
@@ -27,18 +33,12 @@ _UNFROZEN = re.compile(
 )
 
 
-class UserError(ValueError):
-    """Bad input from the user: printed as one line, no traceback."""
+# Keys outside the frozen sections that a checkpoint's train state depends on (its optimizer state's layout).
+STATE_KEYS = ("train.optimizer",)
 
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,
-    CheckpointError,
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    flags.Error,
-)
+# What main prints as one `error:` line: errors raised deliberately for the user (errors.UserError and its
+# subclasses, a checkpoint that cannot be read, a bad flag). Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, CheckpointError, flags.Error)
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -85,68 +85,195 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir} is a file, not a directory; choose another path.")
-    config_path = _flag_value(argv, "config")
-    if config_path is not None:
-        file_path = config_path.split(":", 1)[0]
-        if not os.path.isfile(file_path):
-            raise UserError(
-                f"Config file {file_path} does not exist; pass e.g. --config configs/quickstart.py."
-            )
-        config_flags.DEFINE_config_file(
-            "config", None, "Experiment config file.", flag_values=values, lock_config=True, sys_argv=argv
-        )
+    config_arg = _flag_value(argv, "config")
+    if config_arg is not None:
+        loaded, description = load_config_file(config_arg), "Experiment config file."
+        argv = _without_flag(argv, "config")  # its value is the file; the --config.<key> overrides stay
     else:
-        saved = saved_config(workdir)
-        if saved is None:
+        loaded, description = saved_config(workdir), "The workdir's saved config."
+        if loaded is None:
             raise UserError(
                 f"--config is required (e.g. --config configs/quickstart.py): {workdir} holds no "
                 "run whose saved config could be used."
             )
+    try:  # the --config.<key> overrides are applied here (some already when the flag is defined)
         config_flags.DEFINE_config_dict(
-            "config",
-            saved,
-            "The workdir's saved config.",
-            flag_values=values,
-            lock_config=True,
-            sys_argv=argv,
+            "config", loaded, description, flag_values=values, lock_config=True, sys_argv=argv
         )
-    try:
         values(argv)
     except flags.Error as err:
         raise UserError(_flag_error_message(err)) from err
-    except Exception as err:  # a config file that fails to import or whose get_config raises
-        raise UserError(f"Config {config_path} could not be loaded: {type(err).__name__}: {err}") from err
-    config = values.config
-    if config is None:
-        raise UserError(f"Config {config_path} could not be loaded.")
-    return config, workdir, list(values.prompt)
+    except (AttributeError, KeyError) as err:  # --config.<key> names no key of the config
+        raise UserError(_unknown_key_message(err, argv)) from err
+    except (ValueError, TypeError) as err:  # an override that cannot be applied
+        raise UserError(f"Bad command-line flag: {type(err).__name__}: {_first_line(err)}") from err
+    return values.config, workdir, list(values.prompt)
+
+
+def config_origin(argv: list[str], workdir: str) -> str:
+    """Where the run's config comes from, for messages: the --config file, or the workdir's config.json."""
+    config_arg = _flag_value(argv, "config")
+    if config_arg is not None:
+        return f"--config {config_arg}"
+    return os.path.join(
+        os.path.abspath(os.path.expanduser(_flag_value(argv, "workdir") or workdir)), "config.json"
+    )
+
+
+def load_config_file(config_arg: str) -> ml_collections.ConfigDict:
+    """get_config(<variant>) of `--config <file>[:<variant>]` (as ml_collections' config_flags calls it), or a
+    UserError that keeps the reason: the variant parser's message, or the error and the line of the config file
+    that raised it. An error raised inside imagen_jax (a bug) keeps its traceback."""
+    path, colon, variant = config_arg.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"Config file {path} does not exist; pass e.g. --config configs/quickstart.py.")
+    name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    try:
+        spec = importlib.util.spec_from_file_location(f"imagen_jax_config_file_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise UserError(f"Config file {path} has no get_config(arg) function.")
+        config = module.get_config(*([variant] if colon else []))
+    except UserError:
+        raise
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        innermost = os.path.abspath(frames[-1].filename) if frames else ""
+        in_config_file = [f for f in frames if os.path.abspath(f.filename) == os.path.abspath(path)]
+        from_parser = innermost.endswith(os.path.join("imagen_jax", "config_files.py"))
+        if from_parser:  # the variant: "Unknown config variant 'nope'; known variants: tiny"
+            raise UserError(f"--config {config_arg}: {_first_line(err)}") from err
+        if innermost == os.path.abspath(path) or "ml_collections" in innermost:
+            where = f" (line {in_config_file[-1].lineno})" if in_config_file else ""
+            raise UserError(
+                f"Config {config_arg} could not be loaded{where}: {type(err).__name__}: {_first_line(err)}"
+            ) from err
+        raise
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(
+            f"Config {config_arg}: get_config returned {type(config).__name__}, not an ml_collections.ConfigDict."
+        )
+    return config
+
+
+def _without_flag(argv: list[str], name: str) -> list[str]:
+    """argv less --name=v and --name v (not --name.<key>=v)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg.startswith(f"--{name}="):
+            continue
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    message = err.args[0] if len(err.args) == 1 else str(err)
+    while isinstance(message, BaseException):  # AttributeError(KeyError(...)) as ml_collections raises them
+        message = message.args[0] if message.args else ""
+    text = str(message).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _flag_error_message(err: Exception) -> str:
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"Bad command-line flag: {message}"
+    return f"Bad command-line flag: {_first_line(err)}"
 
 
-def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
+def _unknown_key_message(err: BaseException, argv: list[str]) -> str:
+    """'--config.train.stepz: no such key in the config (Did you mean "steps" instead of "stepz"?)'."""
+    message = err.args[0] if err.args else ""
+    while isinstance(message, BaseException):
+        message = message.args[0] if message.args else ""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    key = lines[0].strip("'\"") if lines else "?"
+    hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
+    flag = next(
+        (
+            arg.split("=", 1)[0]
+            for arg in argv
+            if arg.startswith("--config.") and key in arg.split("=", 1)[0].split(".")
+        ),
+        f"--config...{key}",
+    )
+    return f"{flag}: no such key in the config{hint}."
+
+
+def _diff(saved: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) of every leaf that differs."""
     if isinstance(saved, dict) and isinstance(current, dict):
         keys = sorted(set(saved) | set(current))
         return [d for k in keys for d in _diff(saved.get(k), current.get(k), f"{prefix}{k}.")]
-    return [] if saved == current else [f"{prefix[:-1]}: {saved!r} -> {current!r}"]
+    return [] if saved == current else [(prefix[:-1], saved, current)]
+
+
+def experiment_changes(saved: dict, current: dict, *, lenient: bool = False) -> list[str]:
+    """'key: saved -> current' for every key of the frozen sections that differs between two configs (as dicts),
+    less what may change between runs (_UNFROZEN). lenient (a checkpoint's own record): a key only one side has
+    is no difference (records from before a key existed), and STATE_KEYS are compared too."""
+    sections = list(FROZEN_SECTIONS) + (list(STATE_KEYS) if lenient else [])
+    changed = []
+    for section in sections:
+        first, *rest = section.split(".")
+        old, new = saved.get(first), current.get(first)
+        for part in rest:
+            old = old.get(part) if isinstance(old, dict) else None
+            new = new.get(part) if isinstance(new, dict) else None
+        for key, a, b in _diff(old, new, f"{section}."):
+            text = f"{key}: {a!r} -> {b!r}"
+            if _UNFROZEN.match(text) or (lenient and (a is None or b is None)):
+                continue
+            changed.append(text)
+    return changed
+
+
+def _as_dict(config: ml_collections.ConfigDict) -> dict:
+    return _tuples(json.loads(config.to_json()))
+
+
+def check_same_experiment(workdir: str, config: ml_collections.ConfigDict, mode: str) -> None:
+    """Sample and eval read a workdir with the experiment it holds: a UserError naming the keys of its saved
+    config.json that `config` (a --config file, or overrides) changes."""
+    saved = saved_config(workdir)
+    if saved is None:
+        return
+    changed = experiment_changes(saved.to_dict(), _as_dict(config))
+    if changed:
+        raise UserError(
+            f"{workdir} holds a run of another experiment than the config given ({'; '.join(changed[:4])}). "
+            f"Omit --config to {mode} it with its own config.json (overrides of how to sample still apply)."
+        )
+
+
+def check_checkpoint_config(
+    record: dict, config: ml_collections.ConfigDict, step: int, directory: str
+) -> None:
+    """The checkpoint at `step` (its JSON record holds the config it was trained with) suits `config`: a UserError
+    naming the keys otherwise, before a restore would fail on an intact checkpoint (a hand edit of config.json,
+    another train.optimizer)."""
+    saved = record.get("config")
+    if not isinstance(saved, dict):
+        return
+    changed = experiment_changes(_tuples(saved), _as_dict(config), lenient=True)
+    if changed:
+        raise UserError(
+            f"The checkpoint at step {step} in {directory} was trained with other settings than this run's "
+            f"({'; '.join(changed[:4])}); the checkpoint is intact. Run with the settings it was trained with "
+            "(omit --config to use the workdir's config.json, and undo any edit of that file), or use another "
+            "--workdir."
+        )
 
 
 def prepare_for_training(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Creates the workdir and saves config.json, or checks a resumed run trains the same experiment."""
     os.makedirs(workdir, exist_ok=True)
     saved = saved_config(workdir)
-    current = _tuples(json.loads(config.to_json()))
     if saved is not None:
-        saved_dict = saved.to_dict()
-        changed = [
-            d
-            for section in FROZEN_SECTIONS
-            for d in _diff(saved_dict.get(section), current.get(section), f"{section}.")
-            if not _UNFROZEN.match(d)
-        ]
+        changed = experiment_changes(saved.to_dict(), _as_dict(config))
         if changed:
             raise UserError(
                 f"{workdir} holds a run of a different experiment ({'; '.join(changed[:4])}). "
@@ -182,58 +309,16 @@ def stage_dir(family: Any) -> str:
     return f"stages/{family.train_stage.name}" if family.capabilities.staged else ""
 
 
-def check_config(config: ml_collections.ConfigDict, prompts: list[str]) -> None:
-    """Checks at the door what would otherwise fail only after training: one clear message per problem."""
-    train, sample = config.train, config.sample
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-        minimum = 0 if key == "steps" else 1
-        if int(train[key]) < minimum:
-            raise UserError(f"train.{key}={train[key]} must be >= {minimum}.")
-    from imagen_jax.training.hparams import check_optimizer_name
-
-    check_optimizer_name(str(train.get("optimizer", "adam")))  # the family says which ones it takes (below)
-    sample_prompts = list(prompts) or list(sample.prompts)
-    if not sample_prompts:
-        raise UserError(
-            "sample.prompts is empty: give at least one prompt, e.g. "
-            "--config.sample.prompts='(\"a large red circle at the top\",)' or --prompt '...'."
-        )
-    blank = [i for i, p in enumerate(sample_prompts) if not str(p).strip()]
-    if blank:
-        raise UserError(f"Prompt number {blank[0] + 1} is empty; every prompt to sample needs some text.")
-    if int(sample.num_per_prompt) < 1:
-        raise UserError("sample.num_per_prompt must be >= 1.")
-    if config.family != "imagen":  # building the family checks its model, optimizer and sampling settings
-        from imagen_jax.models.registry import get_family
-
-        try:
-            get_family(config)
-        except ValueError as err:
-            raise UserError(str(err)) from err
-        return
-    # A cascade (config.stages) says per stage how to sample; a single-stage config says it in config.sample.
-    sections = (
-        [(f"stages.{name}.sample", config.stages[name].sample) for name in config.stages]
-        if "stages" in config
-        else [("sample", sample)]
-    )
-    for where, how in sections:
-        _check_sampling(where, how)
-
-
-def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
-    """Checks one section of sampling settings (sampler, thresholding, steps); diffusion/ owns the names."""
-    from imagen_jax.diffusion.guidance import THRESHOLDINGS, check_percentile
-    from imagen_jax.diffusion.samplers import SAMPLERS
-
-    if how.sampler not in SAMPLERS:
-        raise UserError(f"{where}.sampler={how.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
-    if how.thresholding not in THRESHOLDINGS:
-        raise UserError(f"{where}.thresholding={how.thresholding!r}; choose one of {THRESHOLDINGS}.")
-
-    try:
-        check_percentile(how.dynamic_threshold_percentile)
-    except ValueError as err:
-        raise UserError(f"{where}.dynamic_threshold_percentile: {err}") from err
-    if int(how.steps) < 1:
-        raise UserError(f"{where}.steps must be >= 1.")
+def check_config(
+    config: ml_collections.ConfigDict,
+    prompts: list[str],
+    *,
+    mode: str | None = None,
+    origin: str = "the config",
+) -> None:
+    """Checks at the door (checks.py) what would otherwise fail only after training, or after the workdir was
+    created: one clear UserError per problem. `mode` defaults to config.mode."""
+    checks.check_structure(config, origin)
+    mode = mode or config.mode
+    family = checks.check_settings(config, prompts, mode)
+    checks.check_sizes(config, prompts, mode, family)

@@ -223,7 +223,6 @@ def test_cascade_end_to_end_stage_by_stage_on_the_command_line(tmp_path, capsys)
 
     image = tmp_path / "mine.png"
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(image)
-    (workdir / "samples" / "cascade_sr32.png").unlink()
     code, out, err = _run(
         capsys,
         "--workdir",
@@ -236,8 +235,10 @@ def test_cascade_end_to_end_stage_by_stage_on_the_command_line(tmp_path, capsys)
     )
     assert code == 0, err
     assert "stage sr32" in out and "stage base16" not in out
-    assert "a small red square" in (workdir / "samples" / "cascade_sr32.txt").read_text()
-    assert (workdir / "samples" / "cascade_sr32.png").exists()
+    # mode=sample writes into sample/, never over the grids training wrote into samples/
+    assert "a small red square" in (workdir / "sample" / "cascade_sr32.txt").read_text()
+    assert (workdir / "sample" / "cascade_sr32.png").exists()
+    assert "a small red square" not in (workdir / "samples" / "cascade_sr32.txt").read_text()
     # A different architecture is not mixed into the workdir; how a stage samples may change.
     code, _, err = _run(
         capsys, "--config", tiny, "--workdir", str(workdir), "--config.stages.sr32.model.dim=16"

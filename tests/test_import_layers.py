@@ -23,7 +23,7 @@ LAYERS = (
     ("imagen_jax.text",),
     ("imagen_jax.models",),
     ("imagen_jax.evaluation", "imagen_jax.training"),
-    ("imagen_jax.workdir",),
+    ("imagen_jax.workdir", "imagen_jax.checks"),
     ("imagen_jax.experiment",),
     ("imagen_jax.sample",),
     ("imagen_jax.cascade",),

@@ -69,8 +69,10 @@ def test_rerun_resumes_and_sample_mode_reads_the_saved_config(trained, tmp_path,
         "a small red square on the left",
     )
     assert code == 0, err
-    grid = (workdir / "samples" / "step_6.txt").read_text()
+    # mode=sample writes into sample/, apart from the grid the training run wrote into samples/
+    grid = (workdir / "sample" / "step_6.txt").read_text()
     assert "a small red square on the left" in grid and "circle" not in grid
+    assert "a large red circle at the top" in (workdir / "samples" / "step_6.txt").read_text()  # kept
 
 
 @pytest.mark.parametrize(

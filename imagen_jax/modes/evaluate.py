@@ -40,6 +40,7 @@ def run(
     settings = eval_run.settings_of(config) if settings is None else settings
     eval_run.check_settings(settings)
     eval_run.check_sweep(settings, config)
+    workdir_lib.check_same_experiment(workdir, config, "evaluate")
     workdir_lib.require_checkpoint(workdir)
     exp = experiment.build(config, workdir)
     params, step = experiment.restore_latest(exp, ema=True)

@@ -3,21 +3,28 @@
 Orbax writes each step into '<step>.orbax-checkpoint-tmp-*' and renames it to '<step>' only after writing
 '<step>/commit_success.txt', so a save interrupted mid-write is never listed. A '<step>' folder without that
 file (a copy cut short, a file system without atomic rename) is not listed either, and a training run moves it
-aside to '<step>.incomplete' so the step can be saved again. Saves are asynchronous: `save` returns once the
+aside to '<step>.incomplete' so the step can be saved again, and removes the temporary folders of saves that were
+cut short ('<step>.orbax-checkpoint-tmp*'; the run holds the workdir's lock, so no other save is in progress). Saves
+are asynchronous: `save` returns once the
 arrays are copied off the devices, and the writing overlaps the next training steps. Restoring takes abstract
 arrays carrying the *current* run's shardings, so a checkpoint written on one mesh restores onto any other.
 """
 
 import json
 import os
+import re
+import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 COMMIT_FILE = "commit_success.txt"  # written by Orbax as the last file of a finished checkpoint
+_ORBAX_TMP = re.compile(r"\d+\.orbax-checkpoint-tmp.*")  # a save in progress, or one cut short
+_SET_ASIDE = re.compile(r"\d+\.incomplete(-\d+)?")
 
 PyTree = Any
 
@@ -83,6 +90,35 @@ class Checkpointer:
         self._manager.reload()
         return moved
 
+    def tidy(self) -> None:
+        """What a training run (the workdir's one writer, holding its lock) does before it restores: sets aside
+        incomplete checkpoints, removes the temporary folders of saves cut short (never restorable), and lists
+        the set-aside folders once, with the command that removes them (process 0 prints; all wait)."""
+        self.set_aside_incomplete()
+        if jax.process_index() == 0:
+            removed = []
+            for name in sorted(os.listdir(self.directory)):
+                path = os.path.join(self.directory, name)
+                if _ORBAX_TMP.fullmatch(name) and os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(name)
+            if removed:
+                print(
+                    f"Removed the temporary folders of {len(removed)} interrupted save(s): {', '.join(removed)}."
+                )
+            aside = [n for n in sorted(os.listdir(self.directory)) if _SET_ASIDE.fullmatch(n)]
+            if aside:
+                paths = " ".join(os.path.join(self.directory, n) for n in aside)
+                size = sum(_folder_bytes(os.path.join(self.directory, n)) for n in aside)
+                print(
+                    f"Note: {len(aside)} incomplete checkpoint(s) set aside in {self.directory} "
+                    f"({size / 1e6:.1f} MB), never restored: {', '.join(aside)}. Remove them with: rm -r {paths}",
+                    flush=True,
+                )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("imagen_jax.checkpoint.tidy")
+        self._manager.reload()
+
     def save(self, step: int, state: PyTree, record: dict[str, Any], data_state: dict | None = None) -> None:
         """Start saving `state` and the JSON-able `record` at `step` (asynchronously; see wait), and this
         process's data-iterator state (a JSON-able dict, one file per process) when given."""
@@ -129,12 +165,33 @@ class Checkpointer:
                 ),
             )
         except Exception as err:  # orbax raises many types for a damaged checkpoint
-            raise CheckpointError(
-                f"The checkpoint at step {step} in {self.directory} cannot be read ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}). Delete {os.path.join(self.directory, str(step))} "
-                "to resume from an earlier checkpoint, or start a new run with another --workdir."
-            ) from err
+            raise self._unreadable(step, abstract_state, err) from err
         return restored["state"], dict(restored["record"])
+
+    def _unreadable(self, step: int, abstract_state: PyTree, err: Exception) -> CheckpointError:
+        """Why checkpoint `step` could not be restored: removed meanwhile, or holding a state of another layout
+        than `abstract_state` (an intact checkpoint of another config), or damaged. Only a damaged checkpoint is
+        worth deleting, so only then does the message say so."""
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(step_dir):
+            return CheckpointError(
+                f"The checkpoint at step {step} in {self.directory} was removed while it was being read (a "
+                "training run in this workdir keeps only its last train.keep_checkpoints); run the command again."
+            )
+        differences = layout_differences(os.path.join(step_dir, "state"), abstract_state)
+        if differences:
+            return CheckpointError(
+                f"The checkpoint at step {step} in {self.directory} holds a train state of another layout than "
+                f"this config builds ({'; '.join(differences[:3])}): it is intact, but was trained with other "
+                "settings. Run with the config it was trained with (omit --config to use the workdir's "
+                "config.json), or use another --workdir."
+            )
+        reason = str(err).splitlines()[0] if str(err) else ""
+        return CheckpointError(
+            f"The checkpoint at step {step} in {self.directory} cannot be read ({type(err).__name__}: {reason}): "
+            f"it is damaged. Delete {step_dir} to resume from an earlier checkpoint, or start a new run with "
+            "another --workdir."
+        )
 
     def read_record(self, step: int) -> dict[str, Any]:
         """The JSON record saved at `step`, without touching the arrays."""
@@ -171,3 +228,35 @@ class _IteratorState:
 def abstract_like(shapes: PyTree, shardings: PyTree) -> PyTree:
     """ShapeDtypeStructs with the given shardings: the restore target for Checkpointer.restore."""
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+    )
+
+
+def layout_differences(state_dir: str, abstract_state: PyTree) -> list[str]:
+    """How the arrays saved in a checkpoint's state folder differ from `abstract_state` (paths and shapes), e.g.
+    ["params/conv_in/kernel: (3, 3, 3, 8) saved, (3, 3, 3, 16) here", "opt_state/1/v_row: not saved"]; [] when
+    they agree or the folder's metadata cannot be read (then the checkpoint is damaged, not different)."""
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir))
+    except Exception:
+        return []
+    tree = getattr(metadata, "item_metadata", metadata)
+    name = lambda path: jax.tree_util.keystr(path, simple=True, separator="/")
+    saved = {
+        name(p): tuple(m.shape)
+        for p, m in jax.tree_util.tree_leaves_with_path(tree)
+        if getattr(m, "shape", None) is not None
+    }
+    if not saved:
+        return []
+    wanted = {name(p): tuple(s.shape) for p, s in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    differences = [
+        f"{k}: {saved[k]} saved, {wanted[k]} here" for k in wanted if k in saved and saved[k] != wanted[k]
+    ]
+    differences += [f"{k}: not saved" for k in wanted if k not in saved]
+    differences += [f"{k}: saved, not in this config's state" for k in saved if k not in wanted]
+    return differences

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from imagen_jax import parallel
 from imagen_jax.data import pipeline
+from imagen_jax.errors import UserError
 from imagen_jax.training.metric_writer import MetricWriter
 
 if TYPE_CHECKING:  # the loop runs what experiment.py (a layer above) builds; no import at run time
@@ -37,7 +38,7 @@ PEAK_FLOPS_BY_DEVICE_KIND: tuple[tuple[str, float], ...] = (
 )
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UserError):
     """Training met train.max_nonfinite_steps non-finite steps in a row (main prints the message as one line)."""
 
 
@@ -164,7 +165,7 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
     """
     config, train_config = exp.config, exp.config.train
     checkpointer = exp.checkpointer()
-    checkpointer.set_aside_incomplete()
+    checkpointer.tidy()
     writer = MetricWriter(exp.run_dir, enabled=jax.process_index() == 0)
     latest = checkpointer.latest_step()
     data_state = None  # the Grain iterator's saved state (TFDS data); the shapes stream needs only the step
@@ -175,11 +176,12 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
         start = int(record["data"]["next_step"])
         if config.data.source != "shapes" and _data_stream_note(record, exp) is None:
             data_state = checkpointer.restore_data(latest)
-        writer.truncate_after(start)
         print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}.", flush=True)
         note = _data_stream_note(record, exp)
         if note:
             print(note, flush=True)
+    # Steps logged after `start` by a run that died are replayed now: their lines go, so none is logged twice.
+    writer.truncate_after(start)
 
     batch_size, micro_steps = train_config.batch_size, int(train_config.get("grad_accum_steps", 1))
     per_device = parallel.per_device_batch(batch_size, exp.mesh, micro_steps)

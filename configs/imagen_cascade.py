@@ -25,7 +25,15 @@ STAGES = ("base64", "sr256", "sr1024")
 
 def _model(**fields) -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict(
-        dict(dropout=0.0, remat=True, dtype="bfloat16", efficient=True, cross_attn_levels=(), attn_levels=())
+        dict(
+            dropout=0.0,
+            remat=True,
+            dtype="bfloat16",
+            efficient=True,
+            cross_attn_levels=(),
+            attn_levels=(),
+            attention_implementation="xla",  # "cudnn" on NVIDIA GPUs
+        )
     )
     model.update(fields)
     return model

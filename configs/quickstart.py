@@ -51,6 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.cond_dim = 128
     c.model.dropout = 0.0
     c.model.remat = False
+    # The base U-Net (App. F.1), as the paper's text-to-image base stage: level 0 at full resolution. The
+    # Efficient U-Net (efficient=True) halves the resolution of every level and serves super-resolution stages.
+    c.model.efficient = False
+    c.model.attention_implementation = "xla"  # jax.nn.dot_product_attention's: xla | cudnn (NVIDIA GPUs)
     c.model.dtype = "float32"
 
     c.diffusion = ml_collections.ConfigDict()

@@ -51,9 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             sample=how(),
         )
     )
-    c.stages.base16.model.efficient = True
-    sr_model = ml_collections.ConfigDict(base_model.to_dict())
+    sr_model = ml_collections.ConfigDict(base_model.to_dict())  # the base U-Net for base16, as in the paper
     sr_model.update(dict(dim=32, channel_mult=(1, 2, 4), num_res_blocks=(1, 2, 2), attn_levels=(2,)))
+    sr_model.efficient = True  # the Efficient U-Net for the SR stage, as in the paper
     c.stages.sr32 = ml_collections.ConfigDict(
         dict(
             image_size=32,

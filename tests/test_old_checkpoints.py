@@ -1,4 +1,5 @@
-"""Checkpoints written before the training-step redesign (commit 4a33309) still restore and resume.
+"""Checkpoints written before the training-step redesign (commit 4a33309) still restore and resume, except where the
+network itself changed since (issue 17's Efficient U-Net): that run is refused by name, and nothing is touched.
 
 tests/data/checkpoints_4a33309/<run>/ holds what that commit wrote for a 2-step run of each tiny config (its
 config.json, the tokenizer trained on the captions, checkpoints/2): the quickstart (Adam state of one network),
@@ -26,7 +27,20 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("run", sorted(RUNS))
+def test_a_quickstart_run_of_the_old_unet_is_refused_by_name_and_left_intact(tmp_path, capsys):
+    """The quickstart's U-Net changed (issue 17: the base U-Net, model.efficient=False, and the Efficient U-Net's
+    layout); its 4a33309 run cannot resume into the new network, and says why instead of failing in Orbax."""
+    workdir = tmp_path / "qs"
+    shutil.copytree(DATA / "qs", workdir)
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    argv = ["main", "--config", f"{CONFIGS / RUNS['qs']}", "--workdir", str(workdir)]
+    assert main([*argv, "--config.train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "different experiment" in err and "model.efficient" in err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("run", ["gan", "vq"])
 def test_an_old_checkpoint_resumes_training_with_its_whole_state(run, tmp_path, capsys):
     """Resuming restores params, optimizer state and EMA onto the new code's state layout (a mismatch in any
     leaf is an Orbax error) and trains one more step from it."""

@@ -2,7 +2,12 @@
 imagen-pytorch on the same shape, and how much of the gap is the backend.
 
 Shape (issue 5): 32x32 RGB, batch 16, dim 32, channel multipliers 1,2,4, 2 res blocks per level, attention at
-the lowest level, 16 text tokens of width 64. A step is forward + backward + Adam on the diffusion loss.
+the lowest level, 16 text tokens of width 64. A step is forward + backward + Adam on the diffusion loss. Both U-Nets
+are Efficient U-Nets (issue 17): ours with efficient=True, imagen-pytorch's with memory_efficient=True; both
+downsample before every level's blocks, the first included, and upsample after every up level. Their parameter
+counts differ (imagen-pytorch adds its own extras: an init res block, a final res block, per-level cross-attention
+layers), so each row also gives the FLOPs of one step, counted by each framework (XLA's cost analysis of the
+compiled step; torch.utils.flop_counter over one step), and the achieved FLOP/s: the FLOP-matched comparison.
 Two measurements per framework:
   unet     the whole U-Net train step (ours: imagen_jax.models.unet.UNet; theirs: imagen_pytorch.Unet)
   convnet  the same small conv stack in both (8 x [GroupNorm, SiLU, 3x3 conv 64->64] at 32x32, batch 16):
@@ -79,9 +84,19 @@ def jax_results(warmup: int, repeats: int) -> list[dict]:
 
         seconds = _time(run, warmup, repeats)
         count = sum(p.size for p in jax.tree.leaves(params))
-        results.append(_row("jax", name, count, seconds))
+        cost = step.lower(state[0], state[1], rng).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        results.append(_row("jax", name, count, seconds, float(cost["flops"])))
 
-    unet = UNet(dim=32, channel_mult=(1, 2, 4), num_res_blocks=2, attn_levels=(2,), head_dim=32, cond_dim=128)
+    unet = UNet(
+        dim=32,
+        channel_mult=(1, 2, 4),
+        num_res_blocks=2,
+        attn_levels=(2,),
+        head_dim=32,
+        cond_dim=128,
+        efficient=True,
+    )
     params = nn.meta.unbox(unet.init(rng, x, jnp.zeros((BATCH,)), text, mask)["params"])
     measure("unet", lambda p, xt, s: unet.apply({"params": p}, xt, s, text, mask), params)
 
@@ -131,6 +146,8 @@ def torch_results(warmup: int, repeats: int) -> list[dict]:
     results = []
 
     def measure(name: str, model, call) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def run():
@@ -142,7 +159,10 @@ def torch_results(warmup: int, repeats: int) -> list[dict]:
             opt.step()
 
         seconds = _time(run, warmup, repeats)
-        results.append(_row("torch", name, sum(p.numel() for p in model.parameters()), seconds))
+        with FlopCounterMode(display=False) as counter:  # forward + backward (matmuls and convolutions)
+            run()
+        count = sum(p.numel() for p in model.parameters())
+        results.append(_row("torch", name, count, seconds, float(counter.get_total_flops())))
 
     unet = Unet(
         dim=32,
@@ -155,6 +175,7 @@ def torch_results(warmup: int, repeats: int) -> list[dict]:
         attn_dim_head=32,
         attn_heads=4,
         max_text_len=TOKENS,
+        memory_efficient=True,
     )
     measure("unet", unet, lambda m, xt, t: m(xt, t, text_embeds=text, text_mask=mask, cond_drop_prob=0.1))
 
@@ -166,13 +187,15 @@ def torch_results(warmup: int, repeats: int) -> list[dict]:
     return results
 
 
-def _row(framework: str, model: str, params: int, seconds: float) -> dict:
+def _row(framework: str, model: str, params: int, seconds: float, flops_per_step: float) -> dict:
     return {
         "framework": framework,
         "model": model,
         "params": int(params),
         "seconds_per_step": round(seconds, 5),
         "images_per_sec": round(BATCH / seconds, 2),
+        "gflops_per_step": round(flops_per_step / 1e9, 3),
+        "achieved_gflops_per_sec": round(flops_per_step / seconds / 1e9, 2),
         "threads": os.cpu_count(),
     }
 
@@ -204,11 +227,17 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     by = {(r["framework"], r["model"]): r["images_per_sec"] for r in rows}
+    rate = {(r["framework"], r["model"]): r["achieved_gflops_per_sec"] for r in rows}
     summary = {}
     for model in ("unet", "convnet"):
         if ("jax", model) in by and ("torch", model) in by:
             summary[f"{model}_jax_over_torch"] = round(by[("jax", model)] / by[("torch", model)], 3)
-    if len(summary) == 2:  # the part of the U-Net gap that the identical conv stack does not explain is ours
+            summary[f"{model}_flops_per_sec_jax_over_torch"] = round(
+                rate[("jax", model)] / rate[("torch", model)], 3
+            )
+    if (
+        "convnet_jax_over_torch" in summary and "unet_jax_over_torch" in summary
+    ):  # the part of the U-Net gap that the identical conv stack does not explain is ours
         summary["unet_gap_beyond_backend"] = round(
             summary["unet_jax_over_torch"] / summary["convnet_jax_over_torch"], 3
         )

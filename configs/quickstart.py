@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text.vocab_size = 64  # for a tokenizer trained on the captions
     c.text.max_length = 16  # tokens, EOS included
     c.text.dtype = "float32"
+    c.text.attention_implementation = "xla"  # jax.nn.dot_product_attention's: xla | cudnn (NVIDIA GPUs)
     c.text.init_seed = 0  # the built-in encoder is frozen at a deterministic random init
     c.text.cache_dir = ""  # embeddings precomputed by mode=encode_text; "": <workdir>/text/cache
     c.text.encode_batch_size = 64  # prompts per T5 call when precomputing the cache

@@ -26,10 +26,12 @@ from imagen_jax.training.checkpoint import CheckpointError
 FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "gan", "cascade", "stages")
 # ... except how a cascade stage samples (stages.<name>.sample.*), which may change between runs, how the data
 # is read (worker processes, threads, prefetching, where the embeddings are joined, where TFDS data lives), and
-# data.* keys added to the config since the saved run (which then used their defaults).
+# data.* keys added to the config since the saved run (which then used their defaults), and which kernel runs
+# attention (*.attention_implementation: the same numbers up to rounding).
 _UNFROZEN = re.compile(
     r"stages\.[^.]+\.sample\.|data\.(worker_count|read_threads|prefetch_batches|text_join|tfds_data_dir):|"
-    r"data\.\w+: None -> "
+    r"data\.\w+: None -> |"
+    r"[\w.]*attention_implementation: "  # how attention runs (xla | cudnn), not what it computes
 )
 
 

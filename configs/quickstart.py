@@ -102,6 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sample.dynamic_threshold_percentile = 99.5  # in percent (0..100), as in the Imagen paper
     c.sample.seed = 0
     c.sample.judge_prompts = 128  # held-out-combination prompts scored by the judge after training
+    # Also sample.eta / sample.spacing (how the sampler steps) and editing with mode=sample (init_image +
+    # strength, inpaint_image + inpaint_mask, outpaint, inpaint_resample): defaults in imagen_jax/editing.py,
+    # added to every imagen config when it is loaded; README "Editing".
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices

@@ -16,10 +16,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from imagen_jax import experiment
+from imagen_jax import editing, experiment
 from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
 from imagen_jax.experiment import Experiment
+from imagen_jax.models.imagen import resize
 from imagen_jax.sample import SamplingError, check_prompts, judge_or_none
 
 PyTree = Any
@@ -74,16 +75,20 @@ def generate_cascade_for_prompts(
     stop: str = "",
     lowres: np.ndarray | None = None,
     chunk: int = 64,
+    edit_options: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """{stage: images float32 [N,S,S,3] in [-1,1]} for the stages from `start` to `stop`, one image per prompt;
-    lowres [N,r,r,3] is the starting image when `start` is an SR stage. Each stage is jitted once."""
+    lowres [N,r,r,3] is the starting image when `start` is an SR stage; edit_options (generate_stage's
+    EDIT_OPTIONS, e.g. editing.Edit.options()) apply to the first stage, the later ones super-resolve its
+    result. Each stage is jitted once."""
     family = exp.family
     embeddings, mask = (np.asarray(a) for a in exp.text_encoder.encode(list(prompts)))
     chunk = min(chunk, len(prompts))
     outputs: dict[str, np.ndarray] = {}
     previous = lowres
     for index, stage in enumerate(family.cascade_range(start, stop)):
-        generate = jax.jit(functools.partial(family.generate_stage, stage.name))
+        first_options = (edit_options or {}) if index == 0 else {}
+        generate = jax.jit(functools.partial(family.generate_stage, stage.name, **first_options))
         images = []
         for c, begin in enumerate(range(0, len(prompts), chunk)):
             pad = max(0, begin + chunk - len(prompts))  # the last chunk is padded: one shape, one compile
@@ -105,6 +110,7 @@ class CascadeSamples:
     final_stage: str
     grid_judge: dict[str, float] | None
     heldout_judge: dict[str, float] | None
+    edit_grid: str = ""  # samples/cascade_edit.png: input, mask and results, when the first stage was edited
 
 
 def sample_cascade(
@@ -130,8 +136,17 @@ def sample_cascade(
             exp, stage.name, train_command=train_command
         )
     grid_prompts = [p for p in prompts for _ in range(sample.num_per_prompt)]
+    edit = None
+    if editing.edit_requested(sample):  # the edit runs at the first stage sampled; the SR stages follow
+        edit = editing.load_edit(sample, stages[0].image_size, stages[0].name)
+        for note in edit.notes:
+            print(note)
     lowres = None
-    if stages[0].is_super_resolution:
+    if stages[0].is_super_resolution and edit is not None and not sample.lowres_image:
+        # editing an SR stage on its own: its low-res condition is the edited image at the low-res scale
+        small = resize(edit.input_image[None], stages[0].lowres_size)[0]
+        lowres = np.repeat(np.asarray(small)[None], len(grid_prompts), 0)
+    elif stages[0].is_super_resolution:
         if not sample.lowres_image:
             raise SamplingError(
                 f"Starting the cascade at the SR stage {stages[0].name!r} needs an image to super-resolve: "
@@ -140,10 +155,10 @@ def sample_cascade(
         image = load_lowres_image(sample.lowres_image, stages[0].lowres_size)
         lowres = np.repeat(image[None], len(grid_prompts), 0)
     rng = jax.random.key(sample.seed)
-    run = lambda p, key, low: generate_cascade_for_prompts(
-        exp, params, p, key, start=stages[0].name, stop=stages[-1].name, lowres=low
+    run = lambda p, key, low, edit_options=None: generate_cascade_for_prompts(
+        exp, params, p, key, start=stages[0].name, stop=stages[-1].name, lowres=low, edit_options=edit_options
     )
-    outputs = run(grid_prompts, jax.random.fold_in(rng, 0), lowres)
+    outputs = run(grid_prompts, jax.random.fold_in(rng, 0), lowres, edit.options() if edit else None)
     samples_dir = out_dir or os.path.join(exp.workdir, "samples")
     grids = {}
     for name, images in outputs.items():
@@ -151,13 +166,21 @@ def sample_cascade(
         write_grid(images, grid_prompts, grids[name], columns=sample.num_per_prompt)
     last = stages[-1].name
     heldout_judge = None
-    if sample.judge_prompts and lowres is None:
+    edit_grid = ""
+    if edit is not None:
+        edit_grid = os.path.join(samples_dir, "cascade_edit.png")
+        editing.write_edit_grid(edit, outputs[last], grid_prompts, edit_grid, sample.num_per_prompt)
+    if sample.judge_prompts and lowres is None and edit is None:
         heldout = exp.dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
         heldout_judge = judge_accuracy(run(heldout, jax.random.fold_in(rng, 1), None)[last], heldout)
-    result = CascadeSamples(steps, grids, last, judge_or_none(outputs[last], grid_prompts), heldout_judge)
+    result = CascadeSamples(
+        steps, grids, last, judge_or_none(outputs[last], grid_prompts), heldout_judge, edit_grid
+    )
     record = dataclasses.asdict(result)
     if heldout_judge is None:  # as written before this was a dataclass: the key only when it was measured
         del record["heldout_judge"]
+    if not edit_grid:
+        del record["edit_grid"]
     with open(os.path.join(samples_dir, "cascade.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
     return result

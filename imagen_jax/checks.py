@@ -57,6 +57,10 @@ RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     (r"(stages\.[^.]+\.)?sample\.steps", _INT, 1, None),
     (r"(stages\.[^.]+\.)?sample\.guidance_scale", _NUMBER, 0, None),
     (r"(stages\.[^.]+\.)?sample\.aug_level", _NUMBER, 0, 1),
+    (r"(stages\.[^.]+\.)?sample\.eta", _NUMBER, 0, 1),
+    (r"sample\.strength", _NUMBER, 0, 1),
+    (r"sample\.inpaint_resample", _INT, 1, None),
+    (r"sample\.outpaint\[\d+\]", _INT, 0, None),
     (r"sample\.temperature", _NUMBER, 0, None),
     (r"data\.image_size", _INT, 1, None),
     (r"text\.max_length", _INT, 2, None),
@@ -163,6 +167,7 @@ def check_settings(config: ml_collections.ConfigDict, prompts: list[str], mode: 
             _refusal(lambda: family.cascade_range(sample.start_stage, sample.stop_stage), "sample")
     elif config.family == "imagen":
         _check_sampling("sample", sample)
+    _check_editing(config, family, mode)
     if mode == "eval":
         from imagen_jax.evaluation import run as eval_run
 
@@ -207,7 +212,7 @@ def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
     """Checks one section of diffusion sampling settings (sampler, thresholding, steps); diffusion/ owns the
     names."""
     from imagen_jax.diffusion.guidance import THRESHOLDINGS, check_percentile
-    from imagen_jax.diffusion.samplers import SAMPLERS
+    from imagen_jax.diffusion.samplers import SAMPLERS, SPACINGS
 
     if how.sampler not in SAMPLERS:
         raise UserError(f"{where}.sampler={how.sampler!r} is not a sampler; choose one of {SAMPLERS}.")
@@ -219,6 +224,37 @@ def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
         raise UserError(f"{where}.dynamic_threshold_percentile: {err}") from err
     if int(how.steps) < 1:
         raise UserError(f"{where}.steps must be >= 1.")
+    spacing, eta = how.get("spacing", "karras"), how.get("eta", 0.0)
+    if spacing not in SPACINGS:
+        raise UserError(f"{where}.spacing={spacing!r} is not a grid spacing; choose one of {SPACINGS}.")
+    if eta and how.sampler != "ddim":
+        raise UserError(
+            f"{where}.eta={eta} applies to the ddim sampler only (0: deterministic, 1: ancestral); "
+            f"{where}.sampler is {how.sampler!r}."
+        )
+
+
+def _check_editing(config: ml_collections.ConfigDict, family: Any, mode: str) -> None:
+    """The editing keys (editing.py): only when sampling a diffusion family, with files that exist, masks that
+    are binary and match their image, fitted to the stage the edit runs at (the first one sampled)."""
+    from imagen_jax import editing
+
+    sample = config.sample
+    asked = [k for k in editing.EDIT_KEYS if k in sample and sample[k] != editing.EDIT_DEFAULTS[k]]
+    asked = [k for k in asked if k != "strength"]  # a strength alone edits nothing
+    if not asked:
+        return
+    if config.family != "imagen":
+        raise UserError(f"sample.{asked[0]}: editing needs a diffusion family (imagen), not {config.family}.")
+    if mode != "sample":
+        raise UserError(
+            f"sample.{asked[0]} edits an image when sampling: add --config.mode=sample (mode is {mode})."
+        )
+    if "stages" in config:
+        stage = family.cascade_range(sample.start_stage, sample.stop_stage)[0]
+    else:
+        stage = family.train_stage
+    editing.load_edit(sample, stage.image_size, stage.name)  # EditError (a UserError) for a bad input
 
 
 # Sizes ----------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from imagen_jax import editing
 from imagen_jax.errors import UserError
 from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
@@ -75,13 +76,26 @@ def sample_and_judge(
     prompts = check_prompts(sample.prompts if prompts is None else prompts)
     rng = jax.random.key(sample.seed)
     grid_prompts = [p for p in prompts for _ in range(sample.num_per_prompt)]
-    grid_images = generate_for_prompts(exp, params, grid_prompts, jax.random.fold_in(rng, 0), **options)
+    edit = None
+    if editing.edit_requested(sample):  # only a diffusion family gets here (checks.py refuses the others)
+        stage = exp.family.train_stage
+        edit = editing.load_edit(sample, stage.image_size, stage.name)
+    for note in edit.notes if edit else ():
+        print(note)
+    edit_options = edit.options() if edit else {}
+    grid_images = generate_for_prompts(
+        exp, params, grid_prompts, jax.random.fold_in(rng, 0), **options, **edit_options
+    )
     samples_dir = out_dir or os.path.join(exp.workdir, "samples")
     grid_path = os.path.join(samples_dir, f"step_{step}.png")
     write_grid(grid_images, grid_prompts, grid_path, columns=sample.num_per_prompt)
     result: dict[str, Any] = {"step": step, "grid": grid_path, "options": {k: v for k, v in options.items()}}
     result["grid_judge"] = judge_or_none(grid_images, grid_prompts)
-    if sample.judge_prompts:
+    if edit is not None:  # the held-out judge measures generation from text alone: not an edit's business
+        result["edit_grid"] = os.path.join(samples_dir, f"step_{step}_edit.png")
+        result["edit"] = {k: sample[k] for k in editing.EDIT_KEYS}
+        editing.write_edit_grid(edit, grid_images, grid_prompts, result["edit_grid"], sample.num_per_prompt)
+    elif sample.judge_prompts:
         heldout = exp.dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
         heldout_images = generate_for_prompts(exp, params, heldout, jax.random.fold_in(rng, 1), **options)
         result["heldout_judge"] = judge_accuracy(heldout_images, heldout)

@@ -18,7 +18,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from imagen_jax import checks
+from imagen_jax import checks, editing
 from imagen_jax.errors import UserError
 from imagen_jax.training.checkpoint import CheckpointError
 
@@ -98,6 +98,7 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
                 f"--config is required (e.g. --config configs/quickstart.py): {workdir} holds no "
                 "run whose saved config could be used."
             )
+    editing.add_sample_keys(loaded)  # the editing keys and eta / spacing, also in configs that predate them
     try:  # the --config.<key> overrides are applied here (some already when the flag is defined)
         config_flags.DEFINE_config_dict(
             "config", loaded, description, flag_values=values, lock_config=True, sys_argv=argv

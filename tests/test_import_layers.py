@@ -22,7 +22,7 @@ LAYERS = (
     ),
     ("imagen_jax.text",),
     ("imagen_jax.models",),
-    ("imagen_jax.evaluation", "imagen_jax.training"),
+    ("imagen_jax.evaluation", "imagen_jax.training", "imagen_jax.editing"),
     ("imagen_jax.workdir", "imagen_jax.checks"),
     ("imagen_jax.experiment",),
     ("imagen_jax.sample",),

@@ -268,9 +268,12 @@ def sample(
     known: Array | None = None,
     mask: Array | None = None,
     resample_steps: int = 1,
+    init: Array | None = None,
 ) -> Array:
     """Integrate from x = noise [B, ...] at t_start (pure noise for t_start = 1) down to t_end -> x [B, ...]
-    (the clean sample when t_end = 0), in one lax.fori_loop; jit-able with model_fn closed over.
+    (the clean sample when t_end = 0), in one lax.fori_loop; jit-able with model_fn closed over. With init
+    [B, ...] (a clean image, broadcastable to noise) the start is init noised to the grid's first node with
+    `noise` (SDEdit: t_start < 1 redoes that much of the diffusion).
 
     sampler: "ancestral" | "ddim" (eta: 0 deterministic, 1 = ancestral) | "dpmpp_2m" | "heun" (2 steps - 1
     model calls; the others one per step). steps: a Python int. Node spacing (see sampling_grid): "karras"
@@ -318,6 +321,9 @@ def sample(
     )
 
     x = noise
+    if init is not None:
+        init_b = jnp.broadcast_to(init, noise.shape).astype(noise.dtype)
+        x = q_sample(init_b, jnp.full((noise.shape[0],), grid[0]), noise)
     if replace_known is not None:
         x = replace_known(x, grid[0], jax.random.fold_in(rng, steps))  # the steps use 0..steps-1
     common = dict(grid=grid, rng=rng, replace_known=replace_known, resample_steps=resample_steps)

@@ -14,6 +14,7 @@ frozen values (DiffusionSpec, AugmentationSpec, the sampling defaults), read fro
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -28,7 +29,21 @@ from imagen_jax.models.unet import UNet
 
 PyTree = Any
 SINGLE_STAGE = "base"  # the name of the one stage of a config without config.stages
-SAMPLE_OPTIONS = ("sampler", "steps", "guidance_scale", "thresholding", "dynamic_threshold_percentile")
+SAMPLE_OPTIONS = (
+    "sampler",
+    "steps",
+    "guidance_scale",
+    "thresholding",
+    "dynamic_threshold_percentile",
+    "eta",
+    "spacing",
+)
+# The sampling settings a stage's sample section may leave out (configs written before they were options).
+SAMPLE_DEFAULTS = {"eta": 0.0, "spacing": "karras"}
+# Editing inputs of one generate_stage call (never stage defaults): init_image [S,S,C] or [B,S,S,C] in [-1,1] and
+# strength (0..1, how much of the diffusion to redo; SDEdit); known_image and known_mask [S,S,1] or [B,S,S,1]
+# (1 = keep the known pixel, 0 = regenerate; RePaint-style replacement), resample_steps (RePaint's jumps).
+EDIT_OPTIONS = ("init_image", "strength", "known_image", "known_mask", "resample_steps")
 
 
 def build_unet(model_config: ml_collections.ConfigDict, lowres_cond: bool = False) -> UNet:
@@ -161,7 +176,9 @@ def _build_stage(name: str, section: ml_collections.ConfigDict, previous: "Stage
             if lowres
             else None
         ),
-        sample_defaults=tuple((key, section.sample[key]) for key in keys),
+        sample_defaults=tuple(
+            (key, section.sample[key] if key in section.sample else SAMPLE_DEFAULTS[key]) for key in keys
+        ),
     )
 
 
@@ -179,6 +196,42 @@ def random_crops(rng: jax.Array, images: jax.Array, crop: int) -> jax.Array:
     offsets = jax.random.randint(rng, (images.shape[0], 2), 0, images.shape[1] - crop + 1)
     take = lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (crop, crop, image.shape[-1]))
     return jax.vmap(take)(images, offsets)
+
+
+def _edit_inputs(options: dict[str, Any], batch: int, size: int, channels: int, name: str) -> dict[str, Any]:
+    """The editing options of a generate_stage call, checked and broadcast: init / known [B,S,S,C] float32,
+    mask [B,S,S,1] (1 = known) or None, strength (a Python float) and resample_steps (a Python int)."""
+    strength = float(options.get("strength", 1.0))
+    resample_steps = options.get("resample_steps", 1)
+    init, known, mask = (options.get(k) for k in ("init_image", "known_image", "known_mask"))
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength={strength} must be in [0, 1] (the share of the diffusion to redo).")
+    if init is None and "strength" in options and strength != 1.0:
+        raise ValueError(f"strength={strength} applies to an init_image; stage {name!r} was given none.")
+    if (known is None) != (mask is None):
+        raise ValueError("Inpainting needs both known_image and known_mask (1 where the image is kept).")
+    if not isinstance(resample_steps, int) or resample_steps < 1 or (resample_steps > 1 and known is None):
+        raise ValueError(f"resample_steps={resample_steps!r}: a positive int, above 1 only with known_image.")
+
+    def batched(array: Any, depth: int, what: str) -> jax.Array | None:
+        if array is None:
+            return None
+        array = jnp.asarray(array, jnp.float32)
+        array = array[None] if array.ndim == 3 else array
+        if array.ndim != 4 or array.shape[1:3] != (size, size) or array.shape[0] not in (1, batch):
+            raise ValueError(
+                f"{what} of shape {tuple(array.shape)} does not fit stage {name!r}: give [{size},{size},{depth}] "
+                f"or [{batch},{size},{size},{depth}]."
+            )
+        return jnp.broadcast_to(array, (batch, size, size, array.shape[-1]))
+
+    return dict(
+        init=batched(init, channels, "init_image"),
+        known=batched(known, channels, "known_image"),
+        mask=batched(mask, 1, "known_mask"),
+        strength=strength,
+        resample_steps=resample_steps,
+    )
 
 
 class ImagenFamily:
@@ -302,7 +355,7 @@ class ImagenFamily:
 
     def check_sample_options(self, options: dict[str, Any]) -> None:
         """A ValueError for an option generate_stage does not take (checked per stage when it is sampled)."""
-        unknown = set(options) - set(SAMPLE_OPTIONS) - {"aug_level", "image_size"}
+        unknown = set(options) - set(SAMPLE_OPTIONS) - set(EDIT_OPTIONS) - {"aug_level", "image_size"}
         if unknown:
             raise ValueError(f"Unknown sampling option(s) {sorted(unknown)} for the imagen family.")
 
@@ -319,14 +372,20 @@ class ImagenFamily:
         """Images [B,S,S,3] in [-1,1] from stage `name` for text [B,L,D] / mask [B,L]; an SR stage also takes
         lowres [B,r,r,3] in [-1,1] (upsampled to S, then noise-augmented at sample.aug_level). Options override
         the stage's config.sample: sampler, steps, guidance_scale, thresholding, dynamic_threshold_percentile,
-        aug_level, image_size (S; default the stage's image_size)."""
+        eta, spacing, aug_level, image_size (S; default the stage's image_size). Editing (EDIT_OPTIONS): init_image
+        with strength s starts from the image noised to t = s and runs ceil(s * steps) steps (s = 0 returns the
+        image itself); known_image with known_mask keeps the known pixels (resample_steps: RePaint's jumps)."""
         stage = self.stage(name)
-        unknown = set(options) - set(SAMPLE_OPTIONS) - {"aug_level", "image_size"}
+        unknown = set(options) - set(SAMPLE_OPTIONS) - set(EDIT_OPTIONS) - {"aug_level", "image_size"}
         if unknown:
             raise ValueError(f"Unknown sampling option(s) {sorted(unknown)} for stage {name!r}.")
         opt = lambda key: stage.sample_option(key, options)
         size = int(options.get("image_size", stage.image_size))
         batch = text_embeddings.shape[0]
+        channels = stage.unet.out_channels
+        edit = _edit_inputs(options, batch, size, channels, name)
+        if edit["init"] is not None and edit["strength"] == 0.0:
+            return edit["init"]  # nothing of the diffusion is redone: the input itself
         noise_rng, sample_rng = jax.random.split(rng)
         aug_rng = jax.random.fold_in(rng, 2)
         cond: dict[str, jax.Array] = {}
@@ -359,18 +418,29 @@ class ImagenFamily:
                 **{k: tile(v) for k, v in cond.items()},
             )
 
-        noise = jax.random.normal(noise_rng, (batch, size, size, stage.unet.out_channels), jnp.float32)
+        noise = jax.random.normal(noise_rng, (batch, size, size, channels), jnp.float32)
         model_fn = classifier_free_guidance(model_fn_with_drop, opt("guidance_scale"))
+        steps, t_start = int(opt("steps")), 1.0
+        if edit["init"] is not None and edit["strength"] < 1.0:
+            t_start = edit["strength"]
+            steps = max(1, math.ceil(steps * t_start))
         images = samplers.sample(
             model_fn,
             noise,
             sample_rng,
             sampler=opt("sampler"),
-            steps=opt("steps"),
+            steps=steps,
             schedule=stage.schedule,
             prediction=stage.diffusion.prediction,
             thresholding=opt("thresholding"),
             threshold_percentile=opt("dynamic_threshold_percentile"),
+            eta=float(opt("eta")),
+            spacing=opt("spacing"),
+            t_start=t_start,
+            init=edit["init"],
+            known=edit["known"],
+            mask=edit["mask"],
+            resample_steps=edit["resample_steps"],
         )
         return jnp.clip(images, -1.0, 1.0)
 

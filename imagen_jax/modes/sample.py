@@ -23,6 +23,8 @@ def report_samples(
     print(f"Sampling with the EMA parameters at step {step} ({exp.family.sampling_summary()}) ...")
     result = sample.sample_and_judge(exp, params, step, prompts=prompts or None, out_dir=out_dir)
     print(f"samples: {result['grid']} (captions in {os.path.splitext(result['grid'])[0]}.txt)")
+    if "edit_grid" in result:
+        print(f"input, mask and results: {result['edit_grid']}")
     print(sample.format_judge("judge accuracy", result["grid_judge"]))
     if "heldout_judge" in result:
         print(sample.format_judge("held-out judge accuracy", result["heldout_judge"]))
@@ -47,6 +49,8 @@ def report_cascade(
         return
     for name, path in result.grids.items():
         print(f"stage {name} (step {result.steps[name]}): {path}")
+    if result.edit_grid:
+        print(f"input, mask and results: {result.edit_grid}")
     print(sample.format_judge(f"judge accuracy at stage {result.final_stage}", result.grid_judge))
     if result.heldout_judge is not None:
         print(sample.format_judge("held-out judge accuracy", result.heldout_judge))

@@ -160,9 +160,7 @@ class TfdsSource:
         features = self.builder.info.features
         base = name.split("/")[0].split(":")[0]
         if "image" not in features:
-            raise UserError(
-                f"The TFDS dataset {name!r} has no 'image' feature (features: {list(features)})."
-            )
+            raise UserError(f"The TFDS dataset {name!r} has no 'image' feature (features: {list(features)}).")
         if "captions" in features:
             self.parser = RecordParser("captions")
         elif "caption" in features:

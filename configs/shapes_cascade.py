@@ -1,8 +1,8 @@
 """A two-stage cascade on the built-in shapes, CPU-sized: a 16x16 text-to-image base and a 16 -> 32 SR stage.
 
 Each run trains one stage in the same workdir (config.train_stage); sampling runs the whole cascade:
-python -m imagen_jax.main --config configs/shapes_cascade.py --workdir /tmp/sc         # base16, ~27 min
-python -m imagen_jax.main --config configs/shapes_cascade.py:sr32 --workdir /tmp/sc    # sr32, ~26 min
+python -m imagen_jax.main --config configs/shapes_cascade.py --workdir /tmp/sc         # base16, 45 min on a shared 2-core CPU
+python -m imagen_jax.main --config configs/shapes_cascade.py:sr32 --workdir /tmp/sc    # sr32, 12 min
 python -m imagen_jax.main --config.mode=sample --workdir /tmp/sc --prompt "a large red circle at the top"
 Each stage trains for its own length with its own EMA (STAGE_TRAIN); flags still override them. The times are
 wall minutes on an idle 2-core CPU; the README's "Cascade" section gives the judge accuracy they reach.

@@ -196,9 +196,12 @@ def test_config_errors_are_clear(tmp_path):
 
 
 def test_attention_implementation_is_plumbed_and_refused_when_unknown(builtin, pretrained_dir, tmp_path):
-    # the quickstart's text section has no attention_implementation, as configs written before it
+    # a text section without the key (as configs written before it) runs "xla", as the quickstart states
     default, workdir = builtin
-    assert "attention_implementation" not in text_config()
+    assert text_config().attention_implementation == "xla"
+    legacy = text_config()
+    del legacy["attention_implementation"]
+    assert build_text_encoder(legacy, workdir, corpus=no_corpus).module.config.attention_implementation == "xla"
     assert default.module.config.attention_implementation == "xla"
     pretrained = build_text_encoder(  # weights load (and attention runs) on first use
         text_config(pretrained_dir=str(pretrained_dir), attention_implementation="cudnn"),

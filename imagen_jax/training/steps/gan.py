@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from imagen_jax.errors import UserError
 from imagen_jax.models.gan import SN_COLLECTION, GanFamily
 from imagen_jax.training import optimizers
 from imagen_jax.training.hparams import TrainHparams
@@ -21,7 +22,7 @@ def optimizer(family: GanFamily, hp: TrainHparams) -> optax.GradientTransformati
     """Adam for the generator at train.g_learning_rate and for the discriminator at train.d_learning_rate, whose
     warm-up counts train steps (it makes gan.d_steps updates per step); state {"generator", "discriminator"}."""
     if hp.g_learning_rate is None or hp.d_learning_rate is None:
-        raise ValueError("The gan family needs train.g_learning_rate and train.d_learning_rate.")
+        raise UserError("The gan family needs train.g_learning_rate and train.d_learning_rate.")
     return optimizers.per_network(
         {
             "generator": optimizers.adam(hp, hp.g_learning_rate),

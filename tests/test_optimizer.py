@@ -263,7 +263,8 @@ def test_base64_optimizer_state_is_far_smaller_with_adafactor_than_with_adam():
 
     shapes = [leaf.shape for leaf in jax.tree.leaves(params)]
     count = sum(int(np.prod(s)) for s in shapes)
-    assert 1.6e9 < count < 1.7e9  # the faithful base U-Net of App. F.1: 1.66B (README, "The paper's three stages")
+    # the faithful base U-Net of App. F.1: 1.66B (README, "The paper's three stages")
+    assert 1.6e9 < count < 1.7e9
     # closed forms: Adam keeps mu and nu (2 floats a parameter); Adafactor keeps, per parameter whose two largest
     # dimensions are >= 128, one statistic without the largest dimension and one without the second largest (plus
     # a (1,) placeholder for v), else a full-size v (plus two (1,) placeholders), and two counts (the factored

@@ -201,7 +201,9 @@ def test_attention_implementation_is_plumbed_and_refused_when_unknown(builtin, p
     assert text_config().attention_implementation == "xla"
     legacy = text_config()
     del legacy["attention_implementation"]
-    assert build_text_encoder(legacy, workdir, corpus=no_corpus).module.config.attention_implementation == "xla"
+    assert (
+        build_text_encoder(legacy, workdir, corpus=no_corpus).module.config.attention_implementation == "xla"
+    )
     assert default.module.config.attention_implementation == "xla"
     pretrained = build_text_encoder(  # weights load (and attention runs) on first use
         text_config(pretrained_dir=str(pretrained_dir), attention_implementation="cudnn"),

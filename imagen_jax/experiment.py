@@ -43,12 +43,17 @@ def boxed_state(
     return state_lib.create(family.init(rng, batch), optimizer, family.ema_of)
 
 
+def abstract_boxed_state(family: Family, optimizer: Any, batch: dict[str, jax.Array]) -> state_lib.TrainState:
+    """boxed_state's ShapeDtypeStructs for `batch`'s shapes (arrays or ShapeDtypeStructs), nothing allocated."""
+    return jax.eval_shape(lambda rng, b: boxed_state(family, optimizer, b, rng), jax.random.key(0), batch)
+
+
 def abstract_state(
     family: Family, optimizer: Any, batch: dict[str, jax.Array], mesh: Mesh
 ) -> tuple[PyTree, PyTree]:
-    """(ShapeDtypeStructs, NamedShardings) of the unboxed train state for `batch`'s shapes (arrays or
-    ShapeDtypeStructs), nothing allocated: what init, restore, sampling, describe and AOT compilation start from."""
-    boxed = jax.eval_shape(lambda rng, b: boxed_state(family, optimizer, b, rng), jax.random.key(0), batch)
+    """(ShapeDtypeStructs, NamedShardings) of the unboxed train state for `batch`'s shapes, nothing allocated: what
+    init, restore and sampling start from (describe needs no mesh: it unboxes abstract_boxed_state)."""
+    boxed = abstract_boxed_state(family, optimizer, batch)
     return nn.meta.unbox(boxed), parallel.logical_shardings(boxed, mesh)
 
 

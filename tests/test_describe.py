@@ -61,9 +61,7 @@ def _step_and_state(variant: str | None = "tiny", remat: bool = False):
     family, program = steps.from_config(config)
     size, width = config.data.image_size, config.text.t5.d_model
     batch = lambda n: jax.eval_shape(lambda: experiment.example_batch(size, config.text.max_length, width, n))
-    boxed = jax.eval_shape(
-        lambda r, b: experiment.boxed_state(family, program.optimizer, b, r), jax.random.key(0), batch(1)
-    )
+    boxed = experiment.abstract_boxed_state(family, program.optimizer, batch(1))
     return config, program, batch, nn.meta.unbox(boxed)
 
 

@@ -46,10 +46,7 @@ def _stage_costs(config: ml_collections.ConfigDict) -> dict[str, Any]:
         lambda: experiment.example_batch(config.data.image_size, length, width, n)
     )
     batch = abstract_batch(1)
-    boxed = jax.eval_shape(
-        lambda rng, b: experiment.boxed_state(family, program.optimizer, b, rng), jax.random.key(0), batch
-    )
-    shapes = nn.meta.unbox(boxed)
+    shapes = nn.meta.unbox(experiment.abstract_boxed_state(family, program.optimizer, batch))
     cost = jax.jit(program.step).lower(shapes, batch, jax.random.key(0)).cost_analysis()
     flops = float((cost or {}).get("flops", 0.0))
     if not flops > 0:

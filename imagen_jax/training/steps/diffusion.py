@@ -10,7 +10,7 @@ from imagen_jax.models.imagen import ImagenFamily
 from imagen_jax.training import optimizers
 from imagen_jax.training.hparams import TrainHparams
 from imagen_jax.training.state import TrainState
-from imagen_jax.training.steps.update import apply_gradients, value_and_grad
+from imagen_jax.training.steps.update import Ema, apply_gradients, value_and_grad
 
 
 def optimizer(family: ImagenFamily, hp: TrainHparams) -> optax.GradientTransformation:
@@ -25,6 +25,7 @@ def make_step(
 
     A non-finite loss or gradient skips the update (metric nonfinite=1)."""
     schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
+    ema = Ema.of_family(family, hp.ema_decay)
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         (loss, _), grads = value_and_grad(
@@ -38,9 +39,7 @@ def make_step(
             state,
             grads,
             tx,
-            ema_decay=hp.ema_decay,
-            ema_warmup=family.capabilities.ema_warmup,
-            ema_of=family.ema_of,
+            ema=ema,
             checked=(loss,),
         )
         metrics = {

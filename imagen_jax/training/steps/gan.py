@@ -13,7 +13,7 @@ from imagen_jax.models.gan import SN_COLLECTION, GanFamily
 from imagen_jax.training import optimizers
 from imagen_jax.training.hparams import TrainHparams
 from imagen_jax.training.state import TrainState
-from imagen_jax.training.steps.update import apply_gradients, optimizer_update
+from imagen_jax.training.steps.update import Ema, apply_gradients, optimizer_update
 
 PyTree = Any
 
@@ -46,6 +46,7 @@ def make_step(
     g_grad_fn = jax.value_and_grad(family.g_loss_fn, has_aux=True)
     g_schedule = optimizers.warmup_schedule(hp.g_learning_rate, hp.warmup_steps)
     d_schedule = optimizers.warmup_schedule(hp.d_learning_rate, hp.warmup_steps)
+    ema = Ema.of_family(family, hp.ema_decay)
 
     def d_update(params: PyTree, opt_state: PyTree, batch: dict, rng: jax.Array):
         (_, (sn_state, metrics)), grads = d_grad_fn(params["discriminator"], params, batch, rng)
@@ -68,9 +69,7 @@ def make_step(
             tx,
             params=params,
             opt_state=opt_state,
-            ema_decay=hp.ema_decay,
-            ema_warmup=family.capabilities.ema_warmup,
-            ema_of=family.ema_of,
+            ema=ema,
             checked=(d_metrics["d_loss"], g_loss, params["discriminator"]),
         )
         metrics = {

@@ -2,6 +2,7 @@
 optimizer -> EMA -> step + 1 -> the non-finite guard. The families' step builders (training/steps/) only compute
 gradients and call apply_gradients."""
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,21 @@ def ema_decay_at(decay: float, warmup: bool, step: jax.Array) -> float | jax.Arr
     """The EMA's decay at `step`: `decay`, or with warm-up min(decay, (1 + step) / (10 + step)) (as
     tf.train.ExponentialMovingAverage with num_updates), so a short run's average forgets the random init."""
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
+
+
+@dataclasses.dataclass(frozen=True)
+class Ema:
+    """How a family's parameter average is kept: its decay, whether that decay warms up (ema_decay_at), and which
+    part of the parameters it averages (the family's ema_of; all of them by default)."""
+
+    decay: float
+    warmup: bool = False
+    part: Callable[[PyTree], PyTree] = lambda params: params
+
+    @classmethod
+    def of_family(cls, family: Any, decay: float) -> "Ema":
+        """The average `family` keeps at `decay`: its declared warm-up (capabilities.ema_warmup), its ema_of."""
+        return cls(decay, family.capabilities.ema_warmup, family.ema_of)
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:
@@ -63,9 +79,7 @@ def value_and_grad(
         ), None
 
     zeros = lambda tree: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), tree)
-    aux_shapes = jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda x: split(x)[0], batch), rng)[0][1]
-    )
+    aux_shapes = jax.eval_shape(lambda: loss_fn(params, jax.tree.map(lambda x: split(x)[0], batch), rng)[1])
     (loss_sum, aux_sum, grad_sum), _ = jax.lax.scan(
         body,
         (jnp.zeros((), jnp.float32), zeros(aux_shapes), zeros(params)),
@@ -110,9 +124,7 @@ def apply_gradients(
     grads: PyTree,
     optimizer: optax.GradientTransformation,
     *,
-    ema_decay: float,
-    ema_warmup: bool = False,
-    ema_of: Callable[[PyTree], PyTree] = lambda params: params,
+    ema: Ema,
     checked: tuple[PyTree, ...] = (),
     params: PyTree = None,
     opt_state: PyTree = None,
@@ -123,7 +135,7 @@ def apply_gradients(
 
     The optimizer applies `grads` to `params` / `opt_state` (default: the state's; the GAN passes those after its
     discriminator updates), `after_update` may then rewrite the parameters (the VQ-VAE's EMA codebook), the EMA
-    averages ema_of(params) at ema_decay_at(ema_decay, ema_warmup, step), copying the top-level entries named in
+    averages ema.part(params) at ema_decay_at(ema.decay, ema.warmup, step), copying the top-level entries named in
     `ema_copied` instead (already averages), and the step advances. When any value in `grads` or `checked` (e.g.
     the loss) is NaN/inf, the result is `state` with only its step advanced, and nonfinite is 1.0.
     """
@@ -132,7 +144,9 @@ def apply_gradients(
     params, opt_state = optimizer_update(params, opt_state, grads, optimizer)
     if after_update is not None:
         params = after_update(params)
-    ema_params = ema_update(state.ema_params, ema_of(params), ema_decay_at(ema_decay, ema_warmup, state.step))
+    ema_params = ema_update(
+        state.ema_params, ema.part(params), ema_decay_at(ema.decay, ema.warmup, state.step)
+    )
     if ema_copied:
         ema_params = {**ema_params, **{key: params[key] for key in ema_copied}}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)

@@ -12,7 +12,7 @@ from imagen_jax.models.vae import VaeFamily
 from imagen_jax.training import optimizers
 from imagen_jax.training.hparams import TrainHparams
 from imagen_jax.training.state import TrainState
-from imagen_jax.training.steps.update import apply_gradients
+from imagen_jax.training.steps.update import Ema, apply_gradients
 
 
 def optimizer(family: VaeFamily, hp: TrainHparams) -> optax.GradientTransformation:
@@ -30,6 +30,7 @@ def make_step(
     average; averaging it again would blur restarted codes). A non-finite loss or gradient skips the whole update
     (metric nonfinite=1)."""
     schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
+    ema = Ema.of_family(family, hp.ema_decay)
     objective = family.objective
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
@@ -65,9 +66,7 @@ def make_step(
             state,
             grads,
             tx,
-            ema_decay=hp.ema_decay,
-            ema_warmup=family.capabilities.ema_warmup,
-            ema_of=family.ema_of,
+            ema=ema,
             checked=(loss,),
             after_update=after_update,
             ema_copied=(vq.CODEBOOK,) if family.is_vq else (),

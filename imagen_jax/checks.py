@@ -209,8 +209,8 @@ def _check_data(data: ml_collections.ConfigDict) -> None:
 
 
 def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
-    """Checks one section of diffusion sampling settings (sampler, thresholding, steps); diffusion/ owns the
-    names."""
+    """Checks one section of diffusion sampling settings (sampler, thresholding, spacing, eta); diffusion/ owns the
+    names. Its numbers' ranges (steps >= 1, ...) were checked with every other number in check_structure."""
     from imagen_jax.diffusion.guidance import THRESHOLDINGS, check_percentile
     from imagen_jax.diffusion.samplers import SAMPLERS, SPACINGS
 
@@ -222,8 +222,6 @@ def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
         check_percentile(how.dynamic_threshold_percentile)
     except (ValueError, TypeError) as err:
         raise UserError(f"{where}.dynamic_threshold_percentile: {err}") from err
-    if int(how.steps) < 1:
-        raise UserError(f"{where}.steps must be >= 1.")
     spacing, eta = how.get("spacing", "karras"), how.get("eta", 0.0)
     if spacing not in SPACINGS:
         raise UserError(f"{where}.spacing={spacing!r} is not a grid spacing; choose one of {SPACINGS}.")

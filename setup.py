@@ -21,6 +21,7 @@ setup(
         "grain==0.2.18",
         "sentencepiece>=0.2.0",
         "safetensors>=0.4",
+        "tokenizers>=0.23.1,<0.24",  # CLIP's BPE (evaluation/clip_import.py); the range transformers 5.23 takes
         "tensorflow-datasets>=4.9.10",
         "tensorboardX>=2.6",
         "numpy>=2.0",

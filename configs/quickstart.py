@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.warmup_steps = 100
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.99  # 0.99**500 < 1%: the EMA forgets the random init within this short run
+    c.train.ema_warmup = True  # decay min(ema_decay, (1 + t) / (10 + t)): early samples never lag far behind
     c.train.log_every = 25
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 2

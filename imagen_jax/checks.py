@@ -70,6 +70,9 @@ RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     (r"eval\.(num_samples|kid_subsets|kid_subset_size|grid_images|pr_k)", _INT, 0, None),
 )
 
+# Switches a user may type: each must be a bool (true/false on the command line), never a number or a string.
+BOOLEANS = (r"train\.ema_warmup",)
+
 # The largest grid PNG written: PIL's own limit for an image it opens without a decompression-bomb warning.
 MAX_GRID_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 MEMORY_SHARE = 0.5  # of the available memory that the arrays the door can foresee may take
@@ -110,6 +113,8 @@ def check_structure(config: ml_collections.ConfigDict, origin: str = "the config
         for pattern, kind, low, high in RANGES:
             if re.fullmatch(pattern, key) and value is not None:
                 _check_number(key, value, kind, low, high, origin)
+        if any(re.fullmatch(pattern, key) for pattern in BOOLEANS) and not isinstance(value, bool):
+            raise UserError(f"{key}={value!r} in {origin} must be true or false, not {type(value).__name__}.")
 
 
 def _check_number(

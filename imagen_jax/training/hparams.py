@@ -17,8 +17,9 @@ class TrainHparams:
     learning_rate: the peak step size of a one-network family (None when the config gives per-network rates);
     g_learning_rate / d_learning_rate: the GAN's two networks' (None elsewhere); adam_b1 / adam_b2: Adam's decay
     rates (None: optimizers.ADAM_B1 / ADAM_B2); warmup_steps: linear warm-up from 0 to the peak; grad_clip: global-norm clipping (0: off);
-    optimizer: "adam" | "adafactor"; ema_decay: the parameter average's decay; grad_accum_steps: micro-batches
-    per step.
+    optimizer: "adam" | "adafactor"; ema_decay: the parameter average's decay; ema_warmup: whether that decay
+    warms up as min(ema_decay, (1 + t) / (10 + t)) (None: the config does not say, and the family's
+    capabilities.ema_warmup decides); grad_accum_steps: micro-batches per step.
     """
 
     optimizer: str
@@ -30,6 +31,7 @@ class TrainHparams:
     warmup_steps: int
     grad_clip: float
     ema_decay: float
+    ema_warmup: bool | None
     grad_accum_steps: int
 
 
@@ -65,5 +67,6 @@ def from_config(train: ml_collections.ConfigDict) -> TrainHparams:
         warmup_steps=int(train.warmup_steps),
         grad_clip=float(train.grad_clip),
         ema_decay=float(train.ema_decay),
+        ema_warmup=get("ema_warmup", bool),
         grad_accum_steps=get("grad_accum_steps", int),
     )

@@ -25,7 +25,7 @@ def make_step(
 
     A non-finite loss or gradient skips the update (metric nonfinite=1)."""
     schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
-    ema = Ema.of_family(family, hp.ema_decay)
+    ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         (loss, _), grads = value_and_grad(

@@ -46,7 +46,7 @@ def make_step(
     g_grad_fn = jax.value_and_grad(family.g_loss_fn, has_aux=True)
     g_schedule = optimizers.warmup_schedule(hp.g_learning_rate, hp.warmup_steps)
     d_schedule = optimizers.warmup_schedule(hp.d_learning_rate, hp.warmup_steps)
-    ema = Ema.of_family(family, hp.ema_decay)
+    ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
 
     def d_update(params: PyTree, opt_state: PyTree, batch: dict, rng: jax.Array):
         (_, (sn_state, metrics)), grads = d_grad_fn(params["discriminator"], params, batch, rng)

@@ -31,9 +31,10 @@ class Ema:
     part: Callable[[PyTree], PyTree] = lambda params: params
 
     @classmethod
-    def of_family(cls, family: Any, decay: float) -> "Ema":
-        """The average `family` keeps at `decay`: its declared warm-up (capabilities.ema_warmup), its ema_of."""
-        return cls(decay, family.capabilities.ema_warmup, family.ema_of)
+    def of_family(cls, family: Any, decay: float, warmup: bool | None = None) -> "Ema":
+        """The average `family` keeps at `decay`, over its ema_of: warmed up when `warmup` (train.ema_warmup) says
+        so; None (a config without the key) takes the family's default, capabilities.ema_warmup."""
+        return cls(decay, family.capabilities.ema_warmup if warmup is None else bool(warmup), family.ema_of)
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:

@@ -30,7 +30,7 @@ def make_step(
     average; averaging it again would blur restarted codes). A non-finite loss or gradient skips the whole update
     (metric nonfinite=1)."""
     schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
-    ema = Ema.of_family(family, hp.ema_decay)
+    ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
     objective = family.objective
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):

@@ -21,7 +21,7 @@ from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
 from imagen_jax.experiment import Experiment
 from imagen_jax.models.imagen import resize
-from imagen_jax.sample import SamplingError, check_prompts, judge_or_none
+from imagen_jax.sample import SamplingError, check_prompts, compiled_generate, judge_or_none
 
 PyTree = Any
 
@@ -80,7 +80,7 @@ def generate_cascade_for_prompts(
     """{stage: images float32 [N,S,S,3] in [-1,1]} for the stages from `start` to `stop`, one image per prompt;
     lowres [N,r,r,3] is the starting image when `start` is an SR stage; edit_options (generate_stage's
     EDIT_OPTIONS, e.g. editing.Edit.options()) apply to the first stage, the later ones super-resolve its
-    result. Each stage is jitted once."""
+    result. Each stage is compiled once per chunk shape and setting for the whole process (compiled_generate)."""
     family = exp.family
     embeddings, mask = (np.asarray(a) for a in exp.text_encoder.encode(list(prompts)))
     chunk = min(chunk, len(prompts))
@@ -88,14 +88,25 @@ def generate_cascade_for_prompts(
     previous = lowres
     for index, stage in enumerate(family.cascade_range(start, stop)):
         first_options = (edit_options or {}) if index == 0 else {}
-        generate = jax.jit(functools.partial(family.generate_stage, stage.name, **first_options))
+        traced = family.capabilities.traced_sample_options
+        stage_options = {k: stage.sample_option(k, {}) for k in traced} | first_options
         images = []
         for c, begin in enumerate(range(0, len(prompts), chunk)):
             pad = max(0, begin + chunk - len(prompts))  # the last chunk is padded: one shape, one compile
             take = functools.partial(_padded_chunk, begin=begin, size=chunk, pad=pad)
             key = jax.random.fold_in(jax.random.fold_in(rng, index), c)
             kwargs = {"lowres": take(previous)} if stage.is_super_resolution else {}
-            out = generate(params_by_stage[stage.name], take(embeddings), take(mask), key, **kwargs)
+            out = compiled_generate(
+                family.generate_stage,
+                params_by_stage[stage.name],
+                take(embeddings),
+                take(mask),
+                key,
+                static_args=(stage.name,),
+                traced=traced,
+                **stage_options,
+                **kwargs,
+            )
             images.append(np.asarray(out)[: chunk - pad])
         outputs[stage.name] = previous = np.concatenate(images)
     return outputs

@@ -4,7 +4,7 @@ on them. A cascade is sampled stage after stage by cascade.py, with the same pie
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,6 +23,70 @@ class SamplingError(UserError):
     """The sampling request cannot be served (e.g. no prompts)."""
 
 
+@functools.partial(jax.jit, static_argnames=("generate", "static_args", "static_options"))
+def _compiled_generate(
+    params: PyTree,
+    text_embeddings: jax.Array,
+    text_mask: jax.Array,
+    rng: jax.Array,
+    traced_options: dict[str, Any],
+    *,
+    generate: Callable[..., jax.Array],
+    static_args: tuple[Any, ...],
+    static_options: tuple[tuple[str, Any], ...],
+) -> jax.Array:
+    return generate(*static_args, params, text_embeddings, text_mask, rng, **traced_options, **dict(static_options))
+
+
+def compiled_generate(
+    generate: Callable[..., jax.Array],
+    params: PyTree,
+    text_embeddings: Any,
+    text_mask: Any,
+    rng: jax.Array,
+    *,
+    static_args: tuple[Any, ...] = (),
+    traced: Sequence[str] = (),
+    **options: Any,
+) -> jax.Array:
+    """generate(*static_args, params, text_embeddings, text_mask, rng, **options), compiled once per (generate,
+    static_args, the options that shape the computation, the arrays' shapes) and reused by every later call:
+    across calls, prompt sets and the values of a sweep.
+
+    `generate` must be a function or a bound method (a family's generate or generate_stage, equal from call to
+    call; never a fresh functools.partial, which would compile again). Array options (editing images, a low-res
+    condition) are traced; so are the numeric options named in `traced` (the family's
+    capabilities.traced_sample_options, e.g. Imagen's guidance_scale), as float32 scalars, except the value 1.0,
+    which stays a Python float for the family to specialise (Imagen's guidance 1 is one conditional pass);
+    every other option (sampler, steps, thresholding, ...) is a compile-time constant."""
+    static, dynamic = {}, {}
+    for key, value in options.items():
+        if isinstance(value, np.ndarray | jax.Array):
+            dynamic[key] = value
+        elif key in traced and isinstance(value, int | float) and float(value) != 1.0:
+            dynamic[key] = np.float32(value)
+        else:
+            static[key] = value
+    return _compiled_generate(
+        params,
+        text_embeddings,
+        text_mask,
+        rng,
+        dynamic,
+        generate=generate,
+        static_args=tuple(static_args),
+        static_options=tuple(sorted(static.items())),
+    )
+
+
+def traced_option_defaults(family: Any, sample: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with the family's traced sampling options (capabilities.traced_sample_options) that it leaves
+    out filled in from the config's sample section, so that a call with the default and one naming the same
+    value share one compilation."""
+    names = family.capabilities.traced_sample_options if sample is not None else ()
+    return {**{k: sample[k] for k in names if k not in options and k in sample}, **options}
+
+
 def generate_for_prompts(
     exp: Experiment,
     params: PyTree,
@@ -32,20 +96,23 @@ def generate_for_prompts(
     chunk: int = 64,
     **options: Any,
 ) -> np.ndarray:
-    """Images float32 [N,H,W,3] in [-1,1], one per prompt, generated `chunk` prompts at a time (jit once)."""
+    """Images float32 [N,H,W,3] in [-1,1], one per prompt, generated `chunk` prompts at a time; compiled once per
+    chunk shape and sampling setting for the whole process (compiled_generate)."""
     prompts = list(prompts)
     if not prompts:
         raise SamplingError("No prompts to sample: give at least one (sample.prompts or --prompt).")
     embeddings, mask = exp.text_encoder.encode(prompts)
     embeddings, mask = np.asarray(embeddings), np.asarray(mask)
     chunk = min(chunk, len(prompts))
-    generate = jax.jit(functools.partial(exp.family.generate, **options))
+    options = traced_option_defaults(exp.family, exp.config.get("sample"), options)
+    traced = exp.family.capabilities.traced_sample_options
     images = []
     for index, start in enumerate(range(0, len(prompts), chunk)):
         pad = max(0, start + chunk - len(prompts))  # pad the last chunk so every call has the same shape
         emb = np.concatenate([embeddings[start : start + chunk], np.repeat(embeddings[-1:], pad, 0)])
         msk = np.concatenate([mask[start : start + chunk], np.repeat(mask[-1:], pad, 0)])
-        out = generate(params, emb, msk, jax.random.fold_in(rng, index))
+        key = jax.random.fold_in(rng, index)
+        out = compiled_generate(exp.family.generate, params, emb, msk, key, traced=traced, **options)
         images.append(np.asarray(out)[: chunk - pad])
     return np.concatenate(images)
 

@@ -50,9 +50,12 @@ def test_train_writes_checkpoints_metrics_and_samples(trained):
 def test_rerun_resumes_and_sample_mode_reads_the_saved_config(trained, tmp_path, capsys):
     workdir = tmp_path / "wd"
     shutil.copytree(trained, workdir)
-    code, out, _ = _run(capsys, "--config", TINY, "--workdir", str(workdir), "--config.train.steps=6")
+    code, out, err = _run(capsys, "--config", TINY, "--workdir", str(workdir), "--config.train.steps=6")
     assert code == 0
     assert "Resuming from the checkpoint at step 4" in out
+    # the progress bar starts once the first step (compiled and run) is done: its rate leaves compilation out
+    assert "compiling the train step ..." in out
+    assert "| 5/6 [" in err and "| 4/6 [" not in err
     assert _logged_steps(workdir) == [2, 4, 6]
     judge_lines = [line for line in out.splitlines() if line.startswith("judge accuracy:")]
     assert len(judge_lines) == 1

@@ -34,6 +34,9 @@ class Capabilities:
     grad_accum: its step may average gradients over train.grad_accum_steps micro-batches.
     optimizers: the train.optimizer values it trains with.
     ema_warmup: its EMA decay warms up as min(decay, (1 + t) / (10 + t)).
+    traced_sample_options: numeric sampling options its generate takes as traced float32 scalars, so that one
+    compiled sampler serves all their values (a guidance sweep); the value 1.0 is passed as a Python float, which
+    the family may specialise.
     reconstructs: it has an encoder: reconstruct(params, batch, rng) -> (images, bits/dim [B]), reported on
     held-out images after training.
     """
@@ -42,6 +45,7 @@ class Capabilities:
     grad_accum: bool = True
     optimizers: tuple[str, ...] = ("adam",)
     ema_warmup: bool = False
+    traced_sample_options: tuple[str, ...] = ()
     reconstructs: bool = False
 
 

@@ -247,7 +247,9 @@ class ImagenFamily:
             raise ValueError(f"config.train_stage={train_stage!r} is not a stage; choose one of {names}.")
         self.train_stage = self.stage(train_stage)
         self.unet = self.train_stage.unet
-        self.capabilities = Capabilities(staged=staged, optimizers=("adam", "adafactor"))
+        self.capabilities = Capabilities(
+            staged=staged, optimizers=("adam", "adafactor"), traced_sample_options=("guidance_scale",)
+        )
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "ImagenFamily":

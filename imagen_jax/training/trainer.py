@@ -225,19 +225,14 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
     nonfinite = _NonFiniteCounter(int(train_config.get("max_nonfinite_steps", 0)))
     step, preempted, stopped, saved_step = start, False, False, start
     pending = None  # (step, device "nonfinite" flag) of the last step, read once the next step is queued
-    progress = tqdm(
-        total=train_config.steps,
-        initial=start,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-        disable=jax.process_index() != 0,
-    )
+    progress = None  # started once the first step has run, so its rate and ETA leave compilation out
     try:
         with _Preemption() as preemption:
             while step < train_config.steps:
                 batch = next_batch()
                 if compiled is None:
+                    if jax.process_index() == 0:
+                        print("compiling the train step ...", flush=True)
                     compiled = train_step.lower(state, batch).compile()
                     flops_per_step = compiled_flops(compiled)
                     peak = peak_flops_per_device(
@@ -248,7 +243,11 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
                 state, metrics = compiled(state, batch)
                 step += 1
                 window_steps += 1
-                progress.update(1)
+                if progress is None:  # the first step (its run may still hold one-off costs) is done
+                    jax.block_until_ready(metrics)
+                    progress = _progress_bar(train_config.steps, step)
+                else:
+                    progress.update(1)
                 # Reading the previous step's flag keeps one step queued on the devices while the host waits.
                 if pending is not None and nonfinite.add(*pending):
                     stopped = True
@@ -286,7 +285,8 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
                 checkpointer.save(step, state, _record(exp, step), pipeline.iterator_state(batches))
             checkpointer.wait()  # on disk before the SIGTERM handler is removed
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         checkpointer.close()  # waits for the saves in flight
         writer.close()
     if stopped:
@@ -304,6 +304,18 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
             flush=True,
         )
     return state, step, preempted
+
+
+def _progress_bar(total: int, done: int) -> tqdm:
+    """The console's progress bar from `done` steps on: its rate counts only the steps it sees."""
+    return tqdm(
+        total=total,
+        initial=done,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=jax.process_index() != 0,
+    )
 
 
 def _print_flops(flops_per_step: float | None, peak: float | None) -> None:

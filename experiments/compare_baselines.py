@@ -48,6 +48,7 @@ SHARED_EVAL_KEYS = (  # eval settings taken from the first config (or the CLI) a
     "seed",
     "batch_size",
     "grid_images",
+    "clip_weights",
 )
 METRICS = (  # (key in the eval report, column title, formatting scale)
     ("fid", "FID", 1.0),
@@ -56,6 +57,7 @@ METRICS = (  # (key in the eval report, column title, formatting scale)
     ("recall", "recall", 1.0),
     ("alignment", "alignment (all)", 1.0),
 )
+CLIP_METRIC = ("clip_score", "CLIP score", 1.0)  # a column when a CLIP is configured (--clip_weights)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--feature_space", choices=("shapes", "inception"), help="eval.feature_space")
     p.add_argument("--inception_weights", help="eval.inception_weights (with --feature_space inception)")
     p.add_argument("--cache_dir", help="eval.cache_dir (the shapes feature network's cache)")
+    p.add_argument(
+        "--clip_weights",
+        help="eval.clip_weights: a Hugging Face CLIP directory or a family=clip workdir; adds the CLIP score",
+    )
     p.add_argument(
         "--no_sweep", action="store_true", help="skip the sampling-option sweeps (otherwise run on seed 0)"
     )
@@ -162,7 +168,7 @@ def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0)
     settings = eval_run.settings_of(config, sweep=False)
     for key in SHARED_EVAL_KEYS:
         settings[key] = shared[key]
-    for key in ("num_samples", "feature_space", "inception_weights", "cache_dir"):
+    for key in ("num_samples", "feature_space", "inception_weights", "cache_dir", "clip_weights"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     own_sweep = settings.sweep_option in config.get("sample", {})  # a config may inherit another family's
@@ -199,6 +205,8 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
 
 def _metric(report: dict[str, Any], split: str, key: str) -> float:
     r = report["prompt_sets"][split]
+    if key == "clip_score":
+        return float(r["clip_score"]["mean"])
     return float(r["alignment"]["all"] if key == "alignment" else r[key])
 
 
@@ -270,6 +278,8 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
     first = runs[0]["eval"]
     splits = list(first["prompt_sets"])
     space = first["feature_space"]
+    with_clip = all("clip_score" in r["eval"]["prompt_sets"][s] for r in runs for s in splits)
+    metrics = METRICS + ((CLIP_METRIC,) if with_clip else ())
     lines = [
         "# Baseline comparison on the built-in shapes data",
         "",
@@ -286,13 +296,13 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         lines += [
             f"## {split} prompts",
             "",
-            "| model | steps | images seen | " + " | ".join(t for _, t, _ in METRICS) + " |",
+            "| model | steps | images seen | " + " | ".join(t for _, t, _ in metrics) + " |",
         ]
-        lines.append("|" + " --- |" * (3 + len(METRICS)))
+        lines.append("|" + " --- |" * (3 + len(metrics)))
         for model in models:
             mine = [r for r in runs if r["model"] == model]
             cells = [
-                _cell([_metric(r["eval"], split, key) for r in mine], scale) for key, _, scale in METRICS
+                _cell([_metric(r["eval"], split, key) for r in mine], scale) for key, _, scale in metrics
             ]
             steps = sorted({r["steps"] for r in mine})
             seen = sorted({r["steps"] * r["batch_size"] for r in mine})
@@ -302,6 +312,8 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
                 + " |"
             )
         lines.append("")
+    if with_clip:
+        lines += _clip_lines(runs, splits)
     attributes = ("shape", "colour", "size", "position")
     lines += ["## Alignment per attribute", "", "| model | prompt set | " + " | ".join(attributes) + " |"]
     lines.append("|" + " --- |" * (2 + len(attributes)))
@@ -336,6 +348,7 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
                 lines.append(
                     f"  - {sweep['option']}={p['value']}, {p['prompt_set']} prompts: FID {p['fid']:.4g}, "
                     f"alignment {p['alignment']['all']:.3f}, precision {p['precision']:.3f}, recall {p['recall']:.3f}"
+                    + (f", CLIP score {p['clip_score']['mean']:.2f}" if "clip_score" in p else "")
                 )
     lines += [
         "",
@@ -373,6 +386,25 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"argv": argv, "runs": runs}, f, indent=2)
     return path
+
+
+def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
+    """The CLIP score's agreement with the judge: Pearson's r between the two over every run, per prompt set."""
+    from imagen_jax.evaluation.clip_score import pearson
+
+    clip = runs[0]["eval"]["prompt_sets"][splits[0]]["clip_score"]["clip"]
+    lines = [
+        f"CLIP score: 100 x max(cosine, 0) by `{clip}` (eval.clip_weights), mean over the generated images. "
+        "Its Pearson correlation with the judge's alignment across the runs:",
+        "",
+    ]
+    for split in splits:
+        pairs = [
+            (_metric(r["eval"], split, "clip_score"), _metric(r["eval"], split, "alignment")) for r in runs
+        ]
+        r_value = pearson([a for a, _ in pairs], [b for _, b in pairs])
+        lines.append(f"- {split} prompts: r = {r_value:.3f} over {len(pairs)} runs")
+    return lines + [""]
 
 
 def _budget_text(args: argparse.Namespace) -> str:

@@ -62,6 +62,7 @@ RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     (r"sample\.inpaint_resample", _INT, 1, None),
     (r"sample\.outpaint\[\d+\]", _INT, 0, None),
     (r"sample\.temperature", _NUMBER, 0, None),
+    (r"sample\.rerank", _INT, 1, None),
     (r"data\.image_size", _INT, 1, None),
     (r"text\.max_length", _INT, 2, None),
     (r"text\.(vocab_size|encode_batch_size)", _INT, 1, None),
@@ -173,6 +174,7 @@ def check_settings(config: ml_collections.ConfigDict, prompts: list[str], mode: 
     elif config.family == "imagen":
         _check_sampling("sample", sample)
     _check_editing(config, family, mode)
+    _check_clip(config, family, mode)
     if mode == "eval":
         from imagen_jax.evaluation import run as eval_run
 
@@ -235,6 +237,26 @@ def _check_sampling(where: str, how: ml_collections.ConfigDict) -> None:
             f"{where}.eta={eta} applies to the ddim sampler only (0: deterministic, 1: ancestral); "
             f"{where}.sampler is {how.sampler!r}."
         )
+
+
+def _check_clip(config: ml_collections.ConfigDict, family: Any, mode: str) -> None:
+    """A CLIP (a family that generates nothing) is trained, never sampled or evaluated; sample.rerank > 1 needs
+    sample.clip_weights naming a CLIP (eval.clip_weights is checked with the eval settings)."""
+    from imagen_jax.evaluation import clip_score
+
+    if not family.capabilities.generates and mode in ("sample", "eval"):
+        raise UserError(
+            f"mode={mode}: the {config.family} family generates no images; train it, then point "
+            "eval.clip_weights or sample.clip_weights at its workdir to score another model's samples."
+        )
+    rerank, weights = (clip_score.sample_option(config.sample, k) for k in ("rerank", "clip_weights"))
+    if int(rerank) > 1:
+        if not weights:
+            raise UserError(
+                f"sample.rerank={rerank} keeps the best of {rerank} candidates by CLIP score: give the CLIP with "
+                "--config.sample.clip_weights=<a Hugging Face CLIP directory or a family=clip workdir>."
+            )
+        clip_score.clip_kind(os.path.abspath(os.path.expanduser(str(weights))), "sample.clip_weights")
 
 
 def _check_editing(config: ml_collections.ConfigDict, family: Any, mode: str) -> None:

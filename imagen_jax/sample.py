@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from imagen_jax import editing
+from imagen_jax import editing, rerank
 from imagen_jax.errors import UserError
 from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
@@ -150,9 +150,8 @@ def sample_and_judge(
     for note in edit.notes if edit else ():
         print(note)
     edit_options = edit.options() if edit else {}
-    grid_images = generate_for_prompts(
-        exp, params, grid_prompts, jax.random.fold_in(rng, 0), **options, **edit_options
-    )
+    generate = rerank.reranking(generate_for_prompts, sample)  # sample.rerank > 1: best of N by CLIP score
+    grid_images = generate(exp, params, grid_prompts, jax.random.fold_in(rng, 0), **options, **edit_options)
     samples_dir = out_dir or os.path.join(exp.workdir, "samples")
     grid_path = os.path.join(samples_dir, f"step_{step}.png")
     write_grid(grid_images, grid_prompts, grid_path, columns=sample.num_per_prompt)
@@ -164,7 +163,7 @@ def sample_and_judge(
         editing.write_edit_grid(edit, grid_images, grid_prompts, result["edit_grid"], sample.num_per_prompt)
     elif sample.judge_prompts:
         heldout = exp.dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
-        heldout_images = generate_for_prompts(exp, params, heldout, jax.random.fold_in(rng, 1), **options)
+        heldout_images = generate(exp, params, heldout, jax.random.fold_in(rng, 1), **options)
         result["heldout_judge"] = judge_accuracy(heldout_images, heldout)
     with open(os.path.join(samples_dir, f"step_{step}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from imagen_jax import checks, editing
 from imagen_jax.errors import UserError
+from imagen_jax.evaluation import clip_score
 from imagen_jax.training.checkpoint import CheckpointError
 
 # Sections that define what is being trained; changing them mid-run would corrupt the experiment.
@@ -99,6 +100,7 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
                 "run whose saved config could be used."
             )
     editing.add_sample_keys(loaded)  # the editing keys and eta / spacing, also in configs that predate them
+    clip_score.add_sample_keys(loaded)  # sample.rerank and sample.clip_weights, likewise
     try:  # the --config.<key> overrides are applied here (some already when the flag is defined)
         config_flags.DEFINE_config_dict(
             "config", loaded, description, flag_values=values, lock_config=True, sys_argv=argv

@@ -25,7 +25,7 @@ LAYERS = (
     ("imagen_jax.evaluation", "imagen_jax.training", "imagen_jax.editing"),
     ("imagen_jax.workdir", "imagen_jax.checks"),
     ("imagen_jax.experiment",),
-    ("imagen_jax.sample",),
+    ("imagen_jax.sample", "imagen_jax.rerank"),
     ("imagen_jax.cascade",),
     ("imagen_jax.modes",),
     ("imagen_jax.main",),

@@ -30,7 +30,7 @@ import numpy as np
 
 from imagen_jax.data import shapes
 from imagen_jax.errors import UserError
-from imagen_jax.evaluation import alignment, feature_net, metrics
+from imagen_jax.evaluation import alignment, clip_score, feature_net, metrics
 
 PROMPT_SETS = ("train", "holdout")
 FEATURE_SPACES = ("shapes", "inception")
@@ -59,6 +59,9 @@ def default_settings() -> ml_collections.ConfigDict:
     e.grid_images = 16  # generated images shown per prompt set in eval/<step>_<set>.png
     e.sweep_option = ""  # a sampling option of the family (e.g. guidance_scale, truncation); "": no sweep
     e.sweep_values = ()  # FID vs alignment for each value (eval/<step>_sweep.png)
+    # a CLIP (a Hugging Face CLIP directory or a family=clip workdir): adds the CLIP score (100 x cosine, clipped
+    # at 0) per prompt set, and a sweep's FID against it (eval/<step>_sweep_clip.png); "": none
+    e.clip_weights = ""
     return e
 
 
@@ -106,6 +109,8 @@ def check_settings(e: ml_collections.ConfigDict) -> None:
         raise UserError(f"eval.pr_k={e.pr_k} must be in [1, eval.num_samples).")
     if e.sweep_option and not e.sweep_values:
         raise UserError(f"eval.sweep_option={e.sweep_option!r} needs eval.sweep_values (a tuple of values).")
+    if e.clip_weights:
+        clip_score.clip_kind(os.path.abspath(os.path.expanduser(e.clip_weights)), "eval.clip_weights")
 
 
 class _Features:
@@ -168,8 +173,10 @@ def evaluate_images(
     real_features: np.ndarray,
     features: _Features,
     e: ml_collections.ConfigDict,
+    clip: clip_score.Scorer | None = None,
 ) -> dict[str, Any]:
-    """Every metric of generated images against the reference features, plus the judge's alignment."""
+    """Every metric of generated images against the reference features, plus the judge's alignment (and the
+    CLIP score with a CLIP)."""
     fake = features.features(generated)
     result: dict[str, Any] = metrics.all_metrics(
         real_features,
@@ -180,6 +187,8 @@ def evaluate_images(
         seed=int(e.seed),
     )
     result["alignment"] = alignment.judge_accuracy(generated, list(captions))
+    if clip is not None:
+        result["clip_score"] = clip_score.clip_score(clip, generated, captions)
     return result
 
 
@@ -202,10 +211,12 @@ def evaluate(
     step: int,
     e: ml_collections.ConfigDict,
     log=print,
+    clip: clip_score.Scorer | None = None,
 ) -> dict[str, Any]:
     """Evaluates `subject`'s images at `step` with the eval settings `e` against `dataset`'s real images; writes
     eval/<step>.json, eval/<step>_<set>.png (and eval/<step>_sweep.png with a sweep) under `workdir`; returns the
-    JSON dict."""
+    JSON dict. With a CLIP (eval.clip_weights, opened by the caller), every prompt set also gets its CLIP score.
+    """
     from imagen_jax.evaluation.grid import write_grid
 
     start = time.time()
@@ -229,7 +240,7 @@ def evaluate(
         for index, split in enumerate(e.prompt_sets):
             captions, real_features = references[split]
             mine = images[index * n : (index + 1) * n]
-            results[split] = evaluate_images(mine, captions, real_features, features, e)
+            results[split] = evaluate_images(mine, captions, real_features, features, e, clip)
             if tag == 0 and int(e.grid_images):
                 shown = min(int(e.grid_images), n)
                 path = os.path.join(out_dir, f"{step}_{split}.png")
@@ -263,6 +274,10 @@ def evaluate(
         report["sweep"]["plot"] = plot_sweep(
             points, e.sweep_option, features.name, os.path.join(out_dir, f"{step}_sweep.png")
         )
+        if clip is not None:  # the paper's Pareto curve: FID against CLIP score, one point per value
+            report["sweep"]["clip_plot"] = clip_score.plot_fid_vs_clip(
+                points, e.sweep_option, features.name, os.path.join(out_dir, f"{step}_sweep_clip.png")
+            )
     report["seconds"] = time.time() - start
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, f"{step}.json"), "w", encoding="utf-8") as f:
@@ -280,6 +295,8 @@ def _log_tensorboard(workdir: str, step: int, report: dict[str, Any]) -> None:
             writer.add_scalar(f"eval/{split}/{key}", r[key], step)
         for key in alignment.ATTRIBUTES:
             writer.add_scalar(f"eval/{split}/alignment_{key}", r["alignment"][key], step)
+        if "clip_score" in r:
+            writer.add_scalar(f"eval/{split}/clip_score", r["clip_score"]["mean"], step)
     writer.close()
 
 
@@ -331,5 +348,6 @@ def format_report(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {split} prompts: FID {r['fid']:.4g}  KID {r['kid']:.4g} +- {r['kid_std']:.2g}  "
             f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  alignment {r['alignment']['all']:.3f}"
+            + (f"  CLIP score {r['clip_score']['mean']:.2f}" if "clip_score" in r else "")
         )
     return lines

@@ -39,6 +39,8 @@ class Capabilities:
     the family may specialise.
     reconstructs: it has an encoder: reconstruct(params, batch, rng) -> (images, bits/dim [B]), reported on
     held-out images after training.
+    generates: its generate makes images; a CLIP (models/contrastive.py) does not: it is trained like the others,
+    then scores images against captions (embed_images, embed_texts) and is refused by sample and eval.
     """
 
     staged: bool = False
@@ -47,6 +49,7 @@ class Capabilities:
     ema_warmup: bool = False
     traced_sample_options: tuple[str, ...] = ()
     reconstructs: bool = False
+    generates: bool = True
 
 
 class Family(Protocol):

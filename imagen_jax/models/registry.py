@@ -26,10 +26,17 @@ def _vae(config: ml_collections.ConfigDict) -> Family:
     return VaeFamily.from_config(config)
 
 
+def _clip(config: ml_collections.ConfigDict) -> Family:
+    from imagen_jax.models.contrastive import ClipFamily
+
+    return ClipFamily.from_config(config)
+
+
 FAMILIES: dict[str, Callable[[ml_collections.ConfigDict], Family]] = {
     "imagen": _imagen,
     "gan": _gan,
     "vae": _vae,
+    "clip": _clip,
 }
 
 

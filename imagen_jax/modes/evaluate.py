@@ -6,7 +6,7 @@ from typing import Any
 
 import ml_collections
 
-from imagen_jax import experiment, sample
+from imagen_jax import experiment, rerank, sample
 from imagen_jax import workdir as workdir_lib
 from imagen_jax.evaluation import run as eval_run
 from imagen_jax.models.registry import get_family
@@ -45,8 +45,9 @@ def run(
     exp = experiment.build(config, workdir)
     params, step = experiment.restore_latest(exp, ema=True)
     print(f"Evaluating the EMA parameters at step {step} ({settings.num_samples} samples per prompt set) ...")
+    clip = rerank.open_scorer(settings.clip_weights, "eval.clip_weights") if settings.clip_weights else None
     report = eval_run.evaluate(
-        subject(exp, params), exp.dataset, exp.config.data.image_size, exp.workdir, step, settings
+        subject(exp, params), exp.dataset, exp.config.data.image_size, exp.workdir, step, settings, clip=clip
     )
     for line in eval_run.format_report(report):
         print(line)

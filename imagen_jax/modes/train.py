@@ -1,12 +1,12 @@
 """mode=train: trains (resuming from the workdir's last checkpoint), then samples and judges; a cascade trains
 config.train_stage and samples the stages trained so far; a family that reconstructs reports its held-out
-reconstructions."""
+reconstructions; a CLIP (a family that generates nothing) reports its held-out ROC AUC."""
 
 import os
 
 import ml_collections
 
-from imagen_jax import experiment
+from imagen_jax import experiment, rerank
 from imagen_jax import workdir as workdir_lib
 from imagen_jax.evaluation.reconstruction import reconstruction_report
 from imagen_jax.modes.sample import report_cascade, report_samples
@@ -21,6 +21,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prompts: list[str]) -> 
         return
     if exp.family.capabilities.staged:
         report_cascade(exp, prompts, stop=config.train_stage, after_training=True)
+        return
+    if not exp.family.capabilities.generates:
+        rerank.report_heldout_auc(exp, state.ema_params, step)
         return
     report_samples(exp, state.ema_params, step, prompts)
     if exp.family.capabilities.reconstructs:

@@ -27,9 +27,9 @@ class TrainProgram:
 
 def _builders(kind: str) -> ModuleType:
     """The module that builds `kind`'s optimizer and step (imported on demand)."""
-    from imagen_jax.training.steps import diffusion, gan, vae
+    from imagen_jax.training.steps import clip, diffusion, gan, vae
 
-    return {"imagen": diffusion, "gan": gan, "vae": vae}[kind]
+    return {"imagen": diffusion, "gan": gan, "vae": vae, "clip": clip}[kind]
 
 
 def program(family: Family, hp: TrainHparams) -> TrainProgram:

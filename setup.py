@@ -28,6 +28,7 @@ setup(
         "scipy>=1.13",
         "pillow>=10.0",
         "tqdm>=4.66",
+        "matplotlib>=3.8",  # the figures (imagen_jax/evaluation/plots.py), on the Agg backend
         "absl-py>=2.1",
     ],
     extras_require={

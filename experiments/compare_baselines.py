@@ -216,44 +216,16 @@ def _cell(values: list[float], scale: float) -> str:
 
 
 def plot_curves(runs: list[dict[str, Any]], path: str) -> str:
-    """Training loss against step, one panel per model, every seed a line; a PNG drawn with PIL."""
-    from PIL import Image, ImageDraw
+    """Training losses against step, one panel per model (a GAN's d_loss and g_loss side by side), every seed a thin
+    line and the seeds' mean with min-max bars; a matplotlib PNG (imagen_jax/evaluation/plots.py)."""
+    from imagen_jax.evaluation import plots
 
-    models = list(dict.fromkeys(r["model"] for r in runs))
-    panel_w, panel_h, margin = 420, 260, 45
-    image = Image.new("RGB", (panel_w * len(models), panel_h), "white")
-    draw = ImageDraw.Draw(image)
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-    for m, model in enumerate(models):
-        x0 = m * panel_w
-        series = [(r["seed"], r["curve"]) for r in runs if r["model"] == model and r["curve"]]
-        points = [p for _, curve in series for p in curve]
-        draw.text((x0 + margin, 8), f"{model}: training loss", fill="black")
-        draw.rectangle([x0 + margin, margin, x0 + panel_w - 15, panel_h - margin], outline="black")
-        if not points:
-            continue
-        s_lo, s_hi = min(p[0] for p in points), max(p[0] for p in points)
-        l_lo, l_hi = min(p[1] for p in points), max(p[1] for p in points)
-        to_px = lambda s, v, x0=x0, s_lo=s_lo, s_hi=s_hi, l_lo=l_lo, l_hi=l_hi: (
-            x0 + margin + (s - s_lo) / (s_hi - s_lo or 1) * (panel_w - margin - 15),
-            panel_h - margin - (v - l_lo) / (l_hi - l_lo or 1) * (panel_h - 2 * margin),
-        )
-        draw.text((x0 + 2, margin - 5), f"{l_hi:.3g}", fill="black")
-        draw.text((x0 + 2, panel_h - margin - 5), f"{l_lo:.3g}", fill="black")
-        draw.text((x0 + margin, panel_h - margin + 5), f"step {s_lo}", fill="black")
-        draw.text((x0 + panel_w - 80, panel_h - margin + 5), f"step {s_hi}", fill="black")
-        for i, (seed, curve) in enumerate(series):
-            pixels = [to_px(s, v) for s, v in curve]
-            colour = colours[i % len(colours)]
-            if len(pixels) > 1:
-                draw.line(pixels, fill=colour, width=2)
-            else:
-                draw.ellipse(
-                    [pixels[0][0] - 3, pixels[0][1] - 3, pixels[0][0] + 3, pixels[0][1] + 3], fill=colour
-                )
-            draw.text((x0 + panel_w - 70, margin + 4 + 12 * i), f"seed {seed}", fill=colour)
-    image.save(path)
-    return path
+    panels: dict[str, dict[str, list]] = {}
+    for r in runs:
+        curve = r["curve"] if isinstance(r["curve"], dict) else {"loss": r["curve"]}  # results.json before 2026-12
+        for name, points in curve.items():
+            panels.setdefault(r["model"], {}).setdefault(name, []).append((r["seed"], points))
+    return plots.curves_figure(panels, path)
 
 
 def _versions() -> dict[str, str]:
@@ -426,13 +398,18 @@ def _space_text(report: dict[str, Any]) -> str:
     return f"pytorch-fid's InceptionV3 pool features, weights {info.get('weights')}"
 
 
-def _curve(workdir: str) -> list[tuple[int, float]]:
+LOSS_KEYS = ("loss", "d_loss", "g_loss")  # what each family logs as its training loss (the GAN: one per network)
+
+
+def _curve(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """{loss key: [(step, value), ...]} of every LOSS_KEYS entry the run's metrics.jsonl holds."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        return []
+        return {}
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+    curves = {key: [(r["step"], r[key]) for r in records if key in r] for key in LOSS_KEYS}
+    return {key: points for key, points in curves.items() if points}
 
 
 def main(argv: list[str] | None = None) -> str:

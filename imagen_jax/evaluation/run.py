@@ -301,44 +301,11 @@ def _log_tensorboard(workdir: str, step: int, report: dict[str, Any]) -> None:
 
 
 def plot_sweep(points: Sequence[dict[str, Any]], option: str, feature_space: str, path: str) -> str:
-    """FID (y) against alignment (x, all attributes right), one line per prompt set, each point labelled with
-    its option value; a PNG drawn with PIL (matplotlib is not a dependency). Returns the path."""
-    from PIL import Image, ImageDraw
+    """FID (y) against alignment (x, all attributes right, with its 95% binomial interval), one line per prompt
+    set, each point labelled with its option value; a matplotlib PNG (evaluation/plots.py). Returns the path."""
+    from imagen_jax.evaluation import plots
 
-    width, height, margin = 640, 440, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    xs = [p["alignment"]["all"] for p in points]
-    ys = [p["fid"] for p in points]
-    x_lo, x_hi = min(xs + [0.0]), max(xs + [1.0])
-    y_lo, y_hi = 0.0, max(ys) * 1.1 if max(ys) > 0 else 1.0
-    to_px = lambda x, y: (
-        margin + (x - x_lo) / (x_hi - x_lo or 1) * (width - 2 * margin),
-        height - margin - (y - y_lo) / (y_hi - y_lo or 1) * (height - 2 * margin),
-    )
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    for t in range(6):
-        x, y = x_lo + (x_hi - x_lo) * t / 5, y_lo + (y_hi - y_lo) * t / 5
-        px, _ = to_px(x, y_lo)
-        _, py = to_px(x_lo, y)
-        draw.text((px - 10, height - margin + 5), f"{x:.2f}", fill="black")
-        draw.text((5, py - 5), f"{y:.3g}", fill="black")
-    draw.text((width // 2 - 120, height - 25), "alignment (judge accuracy, all attributes)", fill="black")
-    draw.text((margin, 10), f"FID ({feature_space}) vs alignment, sweeping {option}", fill="black")
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    for c, split in enumerate(dict.fromkeys(p["prompt_set"] for p in points)):
-        mine = [p for p in points if p["prompt_set"] == split]
-        pixels = [to_px(p["alignment"]["all"], p["fid"]) for p in mine]
-        colour = colours[c % len(colours)]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2)
-        for (px, py), p in zip(pixels, mine, strict=True):
-            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-            draw.text((px + 6, py - 12), f"{p['value']}", fill=colour)
-        draw.text((width - margin - 110, margin + 8 + 14 * c), f"- {split} prompts", fill=colour)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path)
-    return path
+    return plots.sweep_figure(points, option, feature_space, path)
 
 
 def format_report(report: dict[str, Any]) -> list[str]:

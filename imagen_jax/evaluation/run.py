@@ -30,7 +30,7 @@ import numpy as np
 
 from imagen_jax.data import shapes
 from imagen_jax.errors import UserError
-from imagen_jax.evaluation import alignment, clip_score, feature_net, metrics
+from imagen_jax.evaluation import alignment, clip_score, coco, feature_net, metrics
 
 PROMPT_SETS = ("train", "holdout")
 FEATURE_SPACES = ("shapes", "inception")
@@ -62,6 +62,10 @@ def default_settings() -> ml_collections.ConfigDict:
     # a CLIP (a Hugging Face CLIP directory or a family=clip workdir): adds the CLIP score (100 x cosine, clipped
     # at 0) per prompt set, and a sweep's FID against it (eval/<step>_sweep_clip.png); "": none
     e.clip_weights = ""
+    # shapes: the per-prompt-set evaluation above | coco_fid30k: zero-shot FID-N of prompts drawn from a TFDS
+    # dataset's validation captions against its validation images (evaluation/coco.py; N = num_samples, 30000)
+    e.protocol = "shapes"
+    e.num_reference = 0  # coco_fid30k: validation images in the reference statistics; 0: all of them
     return e
 
 
@@ -109,6 +113,10 @@ def check_settings(e: ml_collections.ConfigDict) -> None:
         raise UserError(f"eval.pr_k={e.pr_k} must be in [1, eval.num_samples).")
     if e.sweep_option and not e.sweep_values:
         raise UserError(f"eval.sweep_option={e.sweep_option!r} needs eval.sweep_values (a tuple of values).")
+    if e.protocol not in coco.PROTOCOLS:
+        raise UserError(f"eval.protocol={e.protocol!r}; choose one of {coco.PROTOCOLS}.")
+    if int(e.num_reference) < 0:
+        raise UserError(f"eval.num_reference={e.num_reference} must be >= 0 (0: every validation image).")
     if e.clip_weights:
         clip_score.clip_kind(os.path.abspath(os.path.expanduser(e.clip_weights)), "eval.clip_weights")
 
@@ -222,6 +230,12 @@ def evaluate(
     start = time.time()
     check_settings(e)
     features = _Features(e, image_size, log)
+    if e.protocol != "shapes":  # zero-shot FID on a captioned dataset's validation split
+        report = coco.evaluate(subject, dataset, image_size, workdir, step, e, features, clip, log)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "eval", f"{step}.json"), "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2)
+        return report
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     rng = jax.random.key(int(e.seed))
@@ -310,6 +324,8 @@ def plot_sweep(points: Sequence[dict[str, Any]], option: str, feature_space: str
 
 def format_report(report: dict[str, Any]) -> list[str]:
     """Console lines: one per prompt set with every metric, naming the feature space."""
+    if report.get("protocol", "shapes") != "shapes":
+        return coco.format_report(report)
     lines = [f"eval at step {report['step']} ({report['sampling']}); features: {report['feature_space']}"]
     for split, r in report["prompt_sets"].items():
         lines.append(

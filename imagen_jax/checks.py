@@ -19,6 +19,7 @@ import jax
 import ml_collections
 from PIL import Image
 
+from imagen_jax import parallel, topology
 from imagen_jax.attention import check_implementation
 from imagen_jax.errors import MissingFileError, UserError
 from imagen_jax.evaluation.grid import grid_shape
@@ -69,6 +70,7 @@ RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     (r"(stages\.[^.]+\.)?diffusion\.(cond_drop_prob)", _NUMBER, 0, 1),
     (r"(stages\.[^.]+\.)?model\.dropout", _NUMBER, 0, 1),
     (r"eval\.(num_samples|kid_subsets|kid_subset_size|grid_images|pr_k)", _INT, 0, None),
+    (r"compile\.(batch_size|sample_batch_size)", _INT, 0, None),
 )
 
 # Switches a user may type: each must be a bool (true/false on the command line), never a number or a string.
@@ -179,7 +181,22 @@ def check_settings(config: ml_collections.ConfigDict, prompts: list[str], mode: 
         from imagen_jax.evaluation import run as eval_run
 
         eval_run.settings_of(config)  # UserErrors naming the eval.* key
+    parallel.axis_rules(config.get("mesh"))  # mesh.logical_axis_rules: a MeshConfigError naming the entry
+    if mode == "compile":
+        _check_compile(config)
     return family
+
+
+def _check_compile(config: ml_collections.ConfigDict) -> None:
+    """mode=compile needs a TPU topology name it has chip figures for, and libtpu to compile for it."""
+    name = str(config.get("compile", {}).get("topology", ""))
+    if not name:
+        raise UserError(
+            "mode=compile needs a TPU topology to compile for: --config.compile.topology=v5p:8x8x4 (or v4:8x8x4, "
+            "v5e:16x16, v6e:16x16, ...)."
+        )
+    topology.chip_of(name)
+    topology.require_libtpu()
 
 
 def _refusal(build: Any, what: str) -> Any:

@@ -1,6 +1,7 @@
 """What an experiment config builds, in one step: the dataset, the frozen text encoder, the model family, the
-training program (optimizer + step), the mesh, and the sharded train-state layout. Shared by training, sampling,
-evaluation and describe, so they can never disagree."""
+training program (optimizer + step), the mesh and its logical-axis rules, the sharded train-state layout, and the
+jitted train step and sampling function over them. Shared by training, sampling, evaluation, describe and
+compile (which lowers the same jitted functions for a TPU topology), so they can never disagree."""
 
 import dataclasses
 import os
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from imagen_jax import parallel
+from imagen_jax import activation_sharding, parallel
 from imagen_jax import workdir as workdir_lib
 from imagen_jax.data import pipeline
 from imagen_jax.data.shapes import ShapesDataset
@@ -49,12 +50,19 @@ def abstract_boxed_state(family: Family, optimizer: Any, batch: dict[str, jax.Ar
 
 
 def abstract_state(
-    family: Family, optimizer: Any, batch: dict[str, jax.Array], mesh: Mesh
+    family: Family,
+    optimizer: Any,
+    batch: dict[str, jax.Array],
+    mesh: Mesh,
+    rules: parallel.Rules = parallel.LOGICAL_AXIS_RULES,
 ) -> tuple[PyTree, PyTree]:
     """(ShapeDtypeStructs, NamedShardings) of the unboxed train state for `batch`'s shapes, nothing allocated: what
     init, restore and sampling start from (describe needs no mesh: it unboxes abstract_boxed_state)."""
     boxed = abstract_boxed_state(family, optimizer, batch)
-    return nn.meta.unbox(boxed), parallel.logical_shardings(boxed, mesh)
+    return nn.meta.unbox(boxed), parallel.logical_shardings(boxed, mesh, rules)
+
+
+BATCH_NDIM = {"images": 4, "text_embeddings": 3, "text_mask": 2}  # a training batch's arrays and their ranks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +73,13 @@ class Experiment:
     config: ml_collections.ConfigDict
     workdir: str
     run_dir: str
-    dataset: ShapesDataset
+    dataset: ShapesDataset | None  # None for an experiment that is only compiled (modes/compile.py)
     text_encoder: PromptEncoder
     family: Family
     hparams: hparams_lib.TrainHparams
     program: steps.TrainProgram
     mesh: Mesh
+    rules: parallel.Rules  # logical axis -> mesh axes, parameters' and activations' (mesh.logical_axis_rules)
     state_shapes: PyTree  # ShapeDtypeStructs of the unboxed TrainState
     state_shardings: PyTree  # NamedShardings, same structure
 
@@ -78,6 +87,52 @@ class Experiment:
         """Zeros with the shapes of a training batch (images, text_embeddings, text_mask)."""
         return example_batch(
             self.config.data.image_size, self.text_encoder.max_length, self.text_encoder.dim, batch_size
+        )
+
+    def batch_shardings(self) -> dict[str, jax.sharding.NamedSharding]:
+        """A training batch's shardings: split over data x fsdp along the batch, the rest replicated."""
+        return {key: parallel.batch_sharding(self.mesh, ndim) for key, ndim in BATCH_NDIM.items()}
+
+    def jit_train_step(self, step_rng: jax.Array) -> Any:
+        """The jitted train step (state, batch) -> (state, metrics) that training runs and mode=compile lowers for
+        a TPU topology: sharded by the state and batch shardings, the state donated, activations constrained by
+        the mesh's logical-axis rules while it is traced. The step's key is fold_in(step_rng, state.step), the
+        step taken from the state, so it is the same on every process and after a resume."""
+
+        def step(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+            with activation_sharding.use(self.mesh, self.rules):
+                return self.program.step(state, batch, jax.random.fold_in(step_rng, state.step))
+
+        return jax.jit(
+            step,
+            in_shardings=(self.state_shardings, self.batch_shardings()),
+            out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
+            donate_argnums=(0,),
+        )
+
+    def jit_generate(self, **options: Any) -> Any:
+        """jit of (params, text_embeddings, text_mask, rng, lowres) -> family.generate(params, text_embeddings,
+        text_mask, rng, **options), given lowres=lowres when it is not None (an SR stage's condition), on this
+        mesh: parameters sharded as the train state's EMA, the text and lowres split along the batch, activations
+        constrained as in training, the images returned replicated. mode=compile lowers it."""
+
+        def generate(
+            params: PyTree, text_embeddings: jax.Array, text_mask: jax.Array, rng: jax.Array, lowres
+        ):
+            arrays = {} if lowres is None else {"lowres": lowres}
+            with activation_sharding.use(self.mesh, self.rules):
+                return self.family.generate(params, text_embeddings, text_mask, rng, **arrays, **options)
+
+        return jax.jit(
+            generate,
+            in_shardings=(
+                self.state_shardings.ema_params,
+                parallel.batch_sharding(self.mesh, 3),
+                parallel.batch_sharding(self.mesh, 2),
+                parallel.replicated(self.mesh),
+                parallel.batch_sharding(self.mesh, 4),
+            ),
+            out_shardings=parallel.replicated(self.mesh),
         )
 
     def init_state(self, rng: jax.Array) -> state_lib.TrainState:
@@ -115,7 +170,7 @@ class Experiment:
 def assemble(
     config: ml_collections.ConfigDict,
     workdir: str,
-    dataset: ShapesDataset,
+    dataset: ShapesDataset | None,
     text_encoder: PromptEncoder,
     mesh: Mesh,
 ) -> Experiment:
@@ -124,8 +179,9 @@ def assemble(
     family = get_family(config)
     hp = hparams_lib.from_config(config.train)
     program = steps.program(family, hp)
+    rules = parallel.axis_rules(config.get("mesh"))
     batch = example_batch(config.data.image_size, text_encoder.max_length, text_encoder.dim, 1)
-    shapes, shardings = abstract_state(family, program.optimizer, batch, mesh)
+    shapes, shardings = abstract_state(family, program.optimizer, batch, mesh, rules)
     run_dir = os.path.join(workdir, workdir_lib.stage_dir(family))
     return Experiment(
         config,
@@ -137,6 +193,7 @@ def assemble(
         hp,
         program,
         mesh,
+        rules,
         shapes,
         shardings,
     )
@@ -145,11 +202,13 @@ def assemble(
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Every component of the experiment described by `config`, for a run in `workdir`."""
     dataset = pipeline.build_dataset(config)
-    text_encoder = with_cache(  # embeddings precomputed by mode=encode_text are read instead of running T5
-        build_text_encoder(config.text, workdir, corpus=dataset.caption_corpus),
-        text_cache_dir(config.text, workdir),
+    mesh = parallel.make_mesh(config.mesh)
+    encoder = build_text_encoder(  # a pretrained T5 is placed on the mesh, sharded by the same rules
+        config.text, workdir, dataset.caption_corpus, mesh, parallel.axis_rules(config.get("mesh"))
     )
-    return assemble(config, workdir, dataset, text_encoder, parallel.make_mesh(config.mesh))
+    # Embeddings precomputed by mode=encode_text are read instead of running T5.
+    text_encoder = with_cache(encoder, text_cache_dir(config.text, workdir))
+    return assemble(config, workdir, dataset, text_encoder, mesh)
 
 
 class NoCheckpointError(CheckpointError):

@@ -4,7 +4,8 @@ Modes (config.mode), each in its own module under modes/: train (resumes from th
 samples and judges), sample (reads a trained workdir back; its saved config is used when --config is omitted),
 encode_text (precomputes the text embeddings of the dataset's captions into the cache that train and sample
 read), eval (FID, KID, precision/recall and text alignment of a trained workdir into <workdir>/eval/), describe
-(every stage's size and cost, nothing trained or allocated).
+(every stage's size and cost, nothing trained or allocated), compile (every stage's train step, a guided sampling
+step and the text encoder compiled ahead of time for a TPU topology: memory and FLOPs per chip, and whether it fits).
 
 Everything the user typed is checked before anything is created on disk (checks.py); a mode that writes the
 workdir holds its lock (workdir_lock.py) for the whole run. Errors the user caused end the run with one line,
@@ -26,6 +27,7 @@ MODES = {
     "encode_text": "imagen_jax.modes.encode_text",
     "eval": "imagen_jax.modes.evaluate",
     "describe": "imagen_jax.modes.describe",
+    "compile": "imagen_jax.modes.compile",
 }
 # Modes that write the workdir's own files (config.json, checkpoints, metrics, text/): they hold its lock.
 WRITERS = ("train", "encode_text")
@@ -41,6 +43,7 @@ def _run(config, workdir: str, prompts: list[str], origin: str) -> None:
         raise workdir_lib.UserError(
             f"config.mode={config.mode!r} is not a mode; choose one of {tuple(MODES)}."
         )
+    parallel.skip_absent_tpu_runtime()  # libtpu installed for mode=compile on a machine without a TPU: stay on CPU
     mesh, train = config.get("mesh", {}), config.train
     parallel.split_host_cpu(  # one JAX device per CPU core, where the config asks; before JAX starts
         int(mesh.get("cpu_devices", 0)), int(train.batch_size), int(train.get("grad_accum_steps", 1))

@@ -1,10 +1,13 @@
 """Multi-process start-up, device mesh, logical-axis rules and shardings: one code path for 1 CPU, 8 simulated
-devices or a pod.
+devices, a pod, or a TPU topology compiled for ahead of time (modes/compile.py).
 
-Parameters are annotated with logical axis names where they are created (models/layers.py, text/t5.py);
-LOGICAL_AXIS_RULES below is the one table that maps them onto the mesh axes (data, fsdp, tensor).
+Parameters are annotated with logical axis names where they are created (models/layers.py, text/t5.py), and
+activations where they are computed (activation_sharding.constrain); LOGICAL_AXIS_RULES below is the default
+table that maps both onto the mesh axes (data, fsdp, tensor). A config may replace it with its own
+mesh.logical_axis_rules (axis_rules reads and checks it).
 """
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -16,12 +19,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from imagen_jax.activation_sharding import ACTIVATION_AXES, fit_spec
 from imagen_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]  # (logical axis, mesh axis | tuple of mesh axes | None) pairs
 
 # logical axis -> mesh axis (or None = replicated). Batch is split over data and fsdp; parameters are
-# sharded over fsdp (ZeRO-3 style) on their input-side axis and over tensor on their output-side axis.
+# sharded over fsdp (ZeRO-3 style) on their input-side axis and over tensor on their output-side axis;
+# activations keep the batch split and put channels, heads and feed-forward units over tensor.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -33,6 +39,25 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("norm", None),
     ("relpos_buckets", None),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_channels", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+)
+PARAMETER_AXES = (
+    "batch",
+    "embed",
+    "conv_in",
+    "mlp",
+    "conv_out",
+    "heads",
+    "vocab",
+    "kv",
+    "norm",
+    "relpos_buckets",
 )
 
 
@@ -177,14 +202,77 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """Drop mesh axes from dimensions they do not divide evenly (those dimensions are replicated)."""
-    fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = math.prod(mesh.shape[n] for n in names)
-        fitted.append(axes if names and dim % size == 0 else None)
-    return PartitionSpec(*fitted)
+def axis_rules(mesh_config: ml_collections.ConfigDict | None) -> tuple[tuple[str, Any], ...]:
+    """The logical-axis rules of a config's mesh section (mesh.logical_axis_rules; LOGICAL_AXIS_RULES when it
+    has none), checked: MeshConfigError naming the entry that is not a (logical name, mesh axes) pair, names an
+    unknown logical or mesh axis, or repeats a logical name."""
+    rules = (mesh_config or {}).get("logical_axis_rules") if mesh_config is not None else None
+    if rules is None:
+        return LOGICAL_AXIS_RULES
+    known, seen, checked = set(PARAMETER_AXES) | set(ACTIVATION_AXES), set(), []
+    example = "e.g. (('activation_channels', 'tensor'), ('batch', ('data', 'fsdp')), ('kv', None))"
+    for entry in rules:
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise MeshConfigError(
+                f"mesh.logical_axis_rules entry {entry!r} is not a (logical axis, mesh axes) pair; {example}."
+            )
+        name, axes = entry
+        axes = tuple(axes) if isinstance(axes, tuple | list) else axes
+        mesh_names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if name not in known:
+            raise MeshConfigError(
+                f"mesh.logical_axis_rules names the logical axis {name!r}, which no model uses; known: "
+                f"{sorted(known)}."
+            )
+        if name in seen:
+            raise MeshConfigError(f"mesh.logical_axis_rules gives the logical axis {name!r} twice.")
+        if not all(isinstance(m, str) and m in MESH_AXES for m in mesh_names) or len(set(mesh_names)) != len(
+            mesh_names
+        ):
+            raise MeshConfigError(
+                f"mesh.logical_axis_rules maps {name!r} to {axes!r}: use None, one of {MESH_AXES} or a tuple "
+                "of distinct ones."
+            )
+        seen.add(name)
+        checked.append((name, axes))
+    missing = sorted(set(PARAMETER_AXES) - seen)
+    if missing:
+        raise MeshConfigError(
+            f"mesh.logical_axis_rules has no rule for {missing}: give every parameter axis one (None to "
+            "replicate it)."
+        )
+    return tuple(checked)
+
+
+def add_mesh_keys(config: ml_collections.ConfigDict) -> None:
+    """Adds mesh.logical_axis_rules (LOGICAL_AXIS_RULES) to a config that has a mesh section without it, so that
+    it can be printed, saved and overridden (--config.mesh.logical_axis_rules=...) like any key."""
+    mesh = config.get("mesh")
+    if isinstance(mesh, ml_collections.ConfigDict) and "logical_axis_rules" not in mesh:
+        with mesh.unlocked():
+            mesh.logical_axis_rules = LOGICAL_AXIS_RULES
+
+
+def skip_absent_tpu_runtime() -> bool:
+    """Keeps JAX on the CPU on a machine that has libtpu installed (pip install -e ".[tpu]", for mode=compile)
+    but no TPU chip and no NVIDIA GPU; returns True when it did. Otherwise JAX would initialise libtpu at its
+    first use in every run: libtpu prints warnings about the missing TPU metadata and takes the machine-wide
+    /tmp/libtpu_lockfile, which then makes mode=compile in another process fail. Call it before JAX starts;
+    JAX_PLATFORMS (or jax_platforms) set by the user, or JAX_FORCE_TPU_INIT, always win."""
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "JAX_FORCE_TPU_INIT" in os.environ:
+        return False
+    if importlib.util.find_spec("libtpu") is None:
+        return False
+    from jax._src import hardware_utils  # JAX's own probe of the PCI bus, the one its TPU start-up uses
+
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    if chips or hardware_utils.has_visible_nvidia_gpu():
+        return False
+    try:
+        jax.config.update("jax_platforms", "cpu")
+    except RuntimeError:  # JAX's backends already started in this process
+        return False
+    return True
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:

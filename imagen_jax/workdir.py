@@ -18,7 +18,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from imagen_jax import checks, editing
+from imagen_jax import checks, editing, parallel, topology
 from imagen_jax.errors import UserError
 from imagen_jax.evaluation import clip_score
 from imagen_jax.training.checkpoint import CheckpointError
@@ -101,6 +101,8 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
             )
     editing.add_sample_keys(loaded)  # the editing keys and eta / spacing, also in configs that predate them
     clip_score.add_sample_keys(loaded)  # sample.rerank and sample.clip_weights, likewise
+    parallel.add_mesh_keys(loaded)  # mesh.logical_axis_rules (the default table), to be seen and overridden
+    topology.add_compile_keys(loaded)  # mode=compile's settings
     try:  # the --config.<key> overrides are applied here (some already when the flag is defined)
         config_flags.DEFINE_config_dict(
             "config", loaded, description, flag_values=values, lock_config=True, sys_argv=argv

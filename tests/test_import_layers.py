@@ -14,7 +14,9 @@ LAYERS = (
     (
         "imagen_jax.errors",
         "imagen_jax.attention",
+        "imagen_jax.activation_sharding",
         "imagen_jax.parallel",
+        "imagen_jax.topology",
         "imagen_jax.config_files",
         "imagen_jax.data",
         "imagen_jax.diffusion",
@@ -30,7 +32,13 @@ LAYERS = (
     ("imagen_jax.modes",),
     ("imagen_jax.main",),
 )
-MODELS_MAY_IMPORT = ("imagen_jax.models", "imagen_jax.attention", "imagen_jax.diffusion", "imagen_jax.text")
+MODELS_MAY_IMPORT = (
+    "imagen_jax.models",
+    "imagen_jax.attention",
+    "imagen_jax.activation_sharding",
+    "imagen_jax.diffusion",
+    "imagen_jax.text",
+)
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -2,7 +2,9 @@
 
 Every parameter carries logical axis names (see imagen_jax/parallel.py for the table mapping them to mesh axes):
 conv kernels (None, None, "conv_in", "conv_out"), dense kernels ("embed", "mlp") or ("mlp", "embed"),
-attention projections ("embed", "heads", "kv") / ("heads", "kv", "embed"), norms ("norm",).
+attention projections ("embed", "heads", "kv") / ("heads", "kv", "embed"), norms ("norm",). Block outputs
+(feature maps [B,H,W,C]: FEATURE_MAP) and attention's queries, keys and values ([B,L,H,D]: HEADS) are
+constrained by logical names too (imagen_jax/activation_sharding.py; a no-op unless a mesh is active).
 """
 
 from collections.abc import Callable
@@ -11,11 +13,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagen_jax.activation_sharding import constrain
 from imagen_jax.attention import attention
 
 Dtype = jnp.dtype | str
 
 _CONV_AXES = (None, None, "conv_in", "conv_out")
+FEATURE_MAP = ("activation_batch", None, None, "activation_channels")  # [B,H,W,C]
+HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")  # [B,L,H,D]
 
 
 def _param_init(init: Callable, axes: tuple) -> Callable:
@@ -119,7 +124,7 @@ class ResBlock(nn.Module):
         h = conv(self.features, zero_init=True, dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.features:
             x = conv(self.features, kernel=1, dtype=self.dtype, name="skip")(x)
-        return x + h
+        return constrain(x + h, FEATURE_MAP)
 
 
 class AttentionBlock(nn.Module):
@@ -167,9 +172,9 @@ class AttentionBlock(nn.Module):
             values.append(proj("text_value")(text))
             masks.append(text_mask)
         out = attention(
-            q,
-            jnp.concatenate(keys, 1),
-            jnp.concatenate(values, 1),
+            constrain(q, HEADS),
+            constrain(jnp.concatenate(keys, 1), HEADS),
+            constrain(jnp.concatenate(values, 1), HEADS),
             jnp.concatenate(masks, 1),
             implementation=self.implementation,
         )
@@ -180,7 +185,7 @@ class AttentionBlock(nn.Module):
             name="out",
             kernel_init=_param_init(nn.initializers.zeros_init(), ("heads", "kv", "embed")),
         )(out)
-        return x + out.reshape(b, hgt, wid, c)
+        return constrain(x + out.reshape(b, hgt, wid, c), FEATURE_MAP)
 
 
 class AttentionPool(nn.Module):
@@ -238,7 +243,9 @@ class Downsample(nn.Module):
             raise ValueError(
                 f"Cannot downsample a {x.shape[1]}x{x.shape[2]} feature map: sides must be even."
             )
-        return conv(self.features, kernel=3, stride=2, dtype=self.dtype, name="conv")(x)
+        return constrain(
+            conv(self.features, kernel=3, stride=2, dtype=self.dtype, name="conv")(x), FEATURE_MAP
+        )
 
 
 class Upsample(nn.Module):
@@ -250,4 +257,4 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return conv(self.features, dtype=self.dtype, name="conv")(x)
+        return constrain(conv(self.features, dtype=self.dtype, name="conv")(x), FEATURE_MAP)

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagen_jax.activation_sharding import constrain
 from imagen_jax.models import layers
 
 SKIP_SCALE = 2**-0.5  # Efficient U-Net skip connections; the base U-Net's are unscaled
@@ -164,6 +165,7 @@ class UNet(nn.Module):
             return h
 
         h = layers.conv(self.dim, dtype=dtype, name="conv_in")(x.astype(dtype))
+        h = constrain(h, layers.FEATURE_MAP)  # every block's output is constrained the same way (layers.py)
         if self.efficient:
             h = self._efficient_levels(h, cond, blocks, res_block, attend, train)
         else:
@@ -187,7 +189,7 @@ class UNet(nn.Module):
         for level in reversed(range(len(blocks))):
             features = self.dim * self.channel_mult[level]
             if level < len(blocks) - 1:
-                h = jnp.concatenate([h, skips.pop() * SKIP_SCALE], axis=-1)
+                h = constrain(jnp.concatenate([h, skips.pop() * SKIP_SCALE], axis=-1), layers.FEATURE_MAP)
             for i in range(blocks[level]):
                 h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
             h = attend(h, level, f"up{level}")
@@ -216,7 +218,7 @@ class UNet(nn.Module):
             if level < last:
                 h = layers.Upsample(h.shape[-1], dtype=dtype, name=f"up{level + 1}_resample")(h)
             for i in range(blocks[level]):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = constrain(jnp.concatenate([h, skips.pop()], axis=-1), layers.FEATURE_MAP)
                 h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
             h = attend(h, level, f"up{level}")
         return h

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from imagen_jax import activation_sharding, parallel
 from imagen_jax.attention import IMPLEMENTATIONS
 from imagen_jax.errors import MissingFileError, UserError
 from imagen_jax.text import hf_import
@@ -53,6 +54,27 @@ def embed(module: T5Encoder, params: dict, ids: jax.Array, mask: jax.Array) -> j
     return jnp.where(mask[..., None], hidden, 0.0)
 
 
+def jit_embed(module: T5Encoder, mesh: jax.sharding.Mesh | None = None, rules: Rules | None = None):
+    """jit of embed(params, ids, mask). With a mesh: parameters sharded by `rules` (t5.param_shardings), the
+    token ids given whole to every device, activations constrained by the same rules while it is traced (the
+    batch split over data x fsdp where it divides), the embeddings returned replicated, so every process can read
+    them. mode=compile lowers this same function for a TPU topology."""
+    if mesh is None:
+        return jax.jit(lambda params, ids, mask: embed(module, params, ids, mask))
+    rules = parallel.LOGICAL_AXIS_RULES if rules is None else rules
+
+    def sharded_embed(params: dict, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        with activation_sharding.use(mesh, rules):
+            return embed(module, params, ids, mask)
+
+    whole = parallel.replicated(mesh)
+    return jax.jit(
+        sharded_embed,
+        in_shardings=(param_shardings(module.config, mesh, rules), whole, whole),
+        out_shardings=whole,
+    )
+
+
 def _batch_bucket(n: int) -> int:
     """Batch sizes are padded to a power of two, so a few compilations serve every batch size."""
     return 1 << max(0, (n - 1).bit_length())
@@ -68,6 +90,8 @@ class TextEncoder:
         params_fn: Callable[[], dict],
         max_length: int,
         identity: str,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: Rules | None = None,
     ):
         if tokenizer.vocab_size > module.config.vocab_size:
             raise UserError(
@@ -81,7 +105,7 @@ class TextEncoder:
         self.num_model_calls = 0  # T5 forward passes so far (the cache test counts them)
         self._params_fn = params_fn
         self._params: dict | None = None
-        self._embed = jax.jit(lambda params, ids, mask: embed(module, params, ids, mask))
+        self._embed = jit_embed(module, mesh, rules)
 
     @property
     def dim(self) -> int:
@@ -110,6 +134,30 @@ class TextEncoder:
         self.num_model_calls += 1
         embeddings = self._embed(self.params, ids_padded, mask_padded)
         return np.asarray(embeddings)[:n], mask
+
+
+def encoder_config(text_config: ml_collections.ConfigDict) -> T5Config:
+    """The configured encoder's T5Config without loading weights or a tokenizer: the checkpoint's config.json,
+    or the built-in encoder's shape with text.vocab_size rows (the size of a tokenizer trained on captions)."""
+    attention_implementation = _attention_implementation(text_config)
+    if text_config.pretrained_dir:
+        return hf_import.read_config(text_config.pretrained_dir, text_config.dtype, attention_implementation)
+    return _builtin_config(text_config, text_config.vocab_size)
+
+
+def _builtin_config(text_config: ml_collections.ConfigDict, vocab_size: int) -> T5Config:
+    t5 = text_config.t5
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=t5.d_model,
+        d_kv=t5.d_kv,
+        d_ff=t5.d_ff,
+        num_heads=t5.num_heads,
+        num_layers=t5.num_layers,
+        feed_forward_proj=t5.feed_forward_proj,
+        dtype=text_config.dtype,
+        attention_implementation=_attention_implementation(text_config),
+    )
 
 
 def text_shape(text_config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -188,8 +236,9 @@ def build_text_encoder(
 ) -> TextEncoder:
     """The configured frozen encoder: a local Hugging Face T5 checkpoint, or the built-in random-init one.
 
-    corpus() is called only when a tokenizer has to be trained. With a mesh and logical axis rules the
-    weights are placed sharded.
+    corpus() is called only when a tokenizer has to be trained. With a mesh (and logical axis rules; default
+    parallel.LOGICAL_AXIS_RULES) the weights are placed sharded, read one tensor at a time from a checkpoint, and
+    the encoder runs sharded (jit_embed): no process ever holds the whole of a T5-XXL.
     """
     validate(text_config)
     tokenizer = _tokenizer(text_config, workdir, corpus)
@@ -199,25 +248,18 @@ def build_text_encoder(
         config = hf_import.read_config(path, text_config.dtype, _attention_implementation(text_config))
         identity = _hash(*common, "pretrained", hf_import.fingerprint(path))
         params_fn = lambda: hf_import.load_t5(path, text_config.dtype, mesh=mesh, rules=rules)[1]
-        return TextEncoder(tokenizer, T5Encoder(config), params_fn, text_config.max_length, identity)
+        return TextEncoder(
+            tokenizer, T5Encoder(config), params_fn, text_config.max_length, identity, mesh, rules
+        )
 
-    t5 = text_config.t5
-    config = T5Config(
-        vocab_size=tokenizer.vocab_size,
-        d_model=t5.d_model,
-        d_kv=t5.d_kv,
-        d_ff=t5.d_ff,
-        num_heads=t5.num_heads,
-        num_layers=t5.num_layers,
-        feed_forward_proj=t5.feed_forward_proj,
-        dtype=text_config.dtype,
-        attention_implementation=_attention_implementation(text_config),
-    )
+    config = _builtin_config(text_config, tokenizer.vocab_size)
     params = init_params(config, text_config.init_seed)
     identity = _hash(*common, "builtin", repr(config), _params_digest(params))
     if mesh is not None:
         params = jax.device_put(params, param_shardings(config, mesh, rules))
-    return TextEncoder(tokenizer, T5Encoder(config), lambda: params, text_config.max_length, identity)
+    return TextEncoder(
+        tokenizer, T5Encoder(config), lambda: params, text_config.max_length, identity, mesh, rules
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ relative-position bias table (block 0's in Hugging Face checkpoints) shared by a
 Parameters carry logical axis names (see ``LOGICAL_AXES``) for the mesh rules in parallel.py:
   token_embedding [vocab, embed]; relpos_bias [relpos_buckets, heads]; */scale [embed];
   attention query/key/value [embed, heads, kv], out [heads, kv, embed]; mlp wi* [embed, mlp], wo [mlp, embed].
+Activations are constrained by logical names as well (activation_sharding.py): every block's output
+[activation_batch, activation_length, activation_embed], queries/keys/values [.., activation_heads, activation_kv]
+and the feed-forward hidden layer [.., activation_mlp].
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_jax import parallel
+from imagen_jax.activation_sharding import constrain
 from imagen_jax.attention import IMPLEMENTATIONS, attention
 
 LOGICAL_AXES = ("vocab", "embed", "heads", "kv", "mlp", "relpos_buckets")
 FEED_FORWARD_PROJ = ("relu", "gelu", "gated-gelu", "gated-relu", "gated-silu")
 DTYPES = ("float32", "bfloat16", "float16")
+_TOKENS = ("activation_batch", "activation_length", "activation_embed")  # [B, L, D]
+_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")  # [B, L, H, K]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +170,9 @@ class SelfAttention(nn.Module):
         wk = _param(self, "key", (d, h, k), ("embed", "heads", "kv"), d**-0.5, dtype)
         wv = _param(self, "value", (d, h, k), ("embed", "heads", "kv"), d**-0.5, dtype)
         wo = _param(self, "out", (h, k, d), ("heads", "kv", "embed"), (h * k) ** -0.5, dtype)
-        q = jnp.einsum("bld,dhk->blhk", x, wq)
-        key = jnp.einsum("bld,dhk->blhk", x, wk)
-        value = jnp.einsum("bld,dhk->blhk", x, wv)
+        q = constrain(jnp.einsum("bld,dhk->blhk", x, wq), _HEADS)
+        key = constrain(jnp.einsum("bld,dhk->blhk", x, wk), _HEADS)
+        value = constrain(jnp.einsum("bld,dhk->blhk", x, wv), _HEADS)
         context = attention(
             q,
             key,
@@ -196,6 +202,7 @@ class FeedForward(nn.Module):
         else:
             wi = _param(self, "wi", (d, f), ("embed", "mlp"), d**-0.5, dtype)
             hidden = act(x @ wi)
+        hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
         wo = _param(self, "wo", (f, d), ("mlp", "embed"), f**-0.5, dtype)
         return hidden @ wo
 
@@ -211,7 +218,7 @@ class T5Block(nn.Module):
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="attention_norm")(x)
         x = x + SelfAttention(cfg, name="attention")(normed, position_bias, mask)
         normed = RMSNorm(cfg.layer_norm_epsilon, dtype, name="mlp_norm")(x)
-        return x + FeedForward(cfg, name="mlp")(normed)
+        return constrain(x + FeedForward(cfg, name="mlp")(normed), _TOKENS)
 
 
 class T5Encoder(nn.Module):
@@ -259,10 +266,12 @@ def logical_partition_specs(config: T5Config):
     return nn.get_partition_spec(shapes)
 
 
-def param_shardings(config: T5Config, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> dict:
-    """NamedShardings {"params": ...} from logical axis rules; axes that do not divide a dimension are dropped."""
+def param_shardings(config: T5Config, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> dict:
+    """NamedShardings {"params": ...} from logical axis rules (default parallel.LOGICAL_AXIS_RULES); axes that
+    do not divide a dimension are dropped."""
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     boxed = jax.eval_shape(T5Encoder(config).init, jax.random.key(0), ids, ids)
+    rules = parallel.LOGICAL_AXIS_RULES if rules is None else rules
     mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
     return jax.tree.map(
         lambda spec, leaf: NamedSharding(mesh, parallel.fit_spec(spec, leaf.shape, mesh)),

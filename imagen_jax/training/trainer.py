@@ -191,19 +191,7 @@ def train(exp: Experiment) -> tuple[PyTree, int, bool]:
         f"global batch {batch_size}, per-device batch {per_device}{micro_note}",
         flush=True,
     )
-    batch_keys = ("images", "text_embeddings", "text_mask")
-    batch_shardings = {
-        k: parallel.batch_sharding(exp.mesh, nd) for k, nd in zip(batch_keys, (4, 3, 2), strict=True)
-    }
-    step_rng = jax.random.key(config.seed + 1)
-    train_step = jax.jit(
-        # The step's key is fold_in(step_rng, step) with the step taken from the state, so it is the same on
-        # every process and after a resume.
-        lambda state, batch: exp.program.step(state, batch, jax.random.fold_in(step_rng, state.step)),
-        in_shardings=(exp.state_shardings, batch_shardings),
-        out_shardings=(exp.state_shardings, parallel.replicated(exp.mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = exp.jit_train_step(jax.random.key(config.seed + 1))  # the step mode=compile lowers too
     batches = pipeline.train_batches(
         exp.dataset, batch_size, start, config, exp.text_encoder.encode, data_state
     )

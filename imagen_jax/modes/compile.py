@@ -1,0 +1,315 @@
+"""mode=compile: will it fit a TPU pod? Ahead-of-time compiles, for a named TPU topology (compile.topology, e.g.
+v5p:8x8x4) and on this machine with no TPU, every stage's train step, one guided sampling step of that stage, and
+the text encoder, each through the jitted function that training and sampling run (experiment.py's
+jit_train_step and jit_generate, text/encoder.py's jit_embed: the same mesh, logical-axis rules and shardings),
+and prints one JSON line per stage and program:
+
+    topology, chips, mesh, stage, program (train_step | sample_step | encode_text), batch,
+    bytes_per_chip {arguments, outputs, aliased, temporaries, generated_code, total}, hbm_bytes_per_chip, fits,
+    flops_per_chip, peak_bf16_flops_per_chip, ideal_seconds (FLOPs at the chip's peak), compile_seconds
+
+total = arguments + outputs - aliased + temporaries + generated code (XLA's memory analysis of the compiled
+program for one chip; the donated train state's outputs alias its arguments). A program that does not fit gets
+one line saying by how much and which settings would help, and the run ends with an error (exit status 2).
+Nothing is allocated, trained or written; the workdir is not touched.
+"""
+
+import dataclasses
+import json
+import math
+import re
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from imagen_jax import experiment, parallel, topology
+from imagen_jax.errors import UserError
+from imagen_jax.models.registry import get_family
+from imagen_jax.text import encoder as text_encoder
+from imagen_jax.text.t5 import T5Encoder, param_shardings
+from imagen_jax.training.checkpoint import abstract_like
+
+GiB = topology.GiB
+
+
+class DoesNotFitError(UserError):
+    """At least one compiled program needs more memory per chip than the chip has."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TextShape:
+    """The text encoder as compile mode needs it: the shape of its embeddings, no tokenizer and no weights
+    (an experiment that is only compiled never encodes a prompt)."""
+
+    max_length: int
+    dim: int
+    identity: str = "compile-only"
+
+    def encode(self, prompts: Any) -> Any:
+        raise RuntimeError("mode=compile never encodes prompts")
+
+
+def _memory(compiled: Any) -> dict[str, int]:
+    stats = compiled.memory_analysis()
+    sizes = {
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+        "aliased": int(stats.alias_size_in_bytes),
+        "temporaries": int(stats.temp_size_in_bytes),
+        "generated_code": int(stats.generated_code_size_in_bytes),
+    }
+    sizes["total"] = (
+        sizes["arguments"]
+        + sizes["outputs"]
+        - sizes["aliased"]
+        + sizes["temporaries"]
+        + sizes["generated_code"]
+    )
+    return sizes
+
+
+def _flops(stage: Any) -> float:
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+# XLA's TPU compiler refuses a program whose temporaries exceed the chip's usable HBM, e.g. "RESOURCE_EXHAUSTED:
+# Ran out of memory on HBM, the total memory required for HLO temporaries (89.37G) exceeds available HBM (15.75G)."
+_OUT_OF_MEMORY = re.compile(
+    r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)"
+)
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _argument_bytes(args: Any) -> int:
+    """Bytes per chip of abstract arguments under their shardings (without the TPU layouts' tile padding)."""
+    total = 0
+    for leaf in jax.tree.leaves(args):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _measure(jitted: Any, args: tuple, *, chip: topology.Chip, mesh: jax.sharding.Mesh, **fields) -> dict:
+    """One row: `jitted` lowered for `args` (abstract, sharded) and compiled for the topology. A program the
+    compiler refuses for lack of HBM is a row too (fits: false): its temporaries as the compiler states them,
+    its arguments from their shardings, its FLOPs from the partitioned-but-uncompiled program (per chip: the
+    global count over the chips)."""
+    start = time.perf_counter()
+    lowered = jitted.lower(*args)
+    chips = int(mesh.devices.size)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as err:
+        match = _OUT_OF_MEMORY.search(str(err))
+        if match is None:
+            raise
+        temporaries = int(float(match.group(1)) * _UNITS[match.group(2)])
+        usable = int(float(match.group(3)) * _UNITS[match.group(4)])
+        arguments = _argument_bytes(args)
+        memory = {"arguments": arguments, "temporaries": temporaries, "total": arguments + temporaries}
+        flops = _flops(lowered) / chips
+        refusal = {"compiler": str(err).strip().splitlines()[0], "usable_hbm_bytes": usable}
+    else:
+        memory, flops, refusal = _memory(compiled), _flops(compiled), None
+        del compiled
+    seconds = time.perf_counter() - start
+    row = {
+        "topology": fields.pop("topology_name"),
+        "chips": chips,
+        "mesh": {axis: int(size) for axis, size in mesh.shape.items()},
+        **fields,
+        "bytes_per_chip": memory,
+        "hbm_bytes_per_chip": chip.hbm_bytes,
+        "fits": refusal is None and memory["total"] <= chip.hbm_bytes,
+        "flops_per_chip": flops,
+        "peak_bf16_flops_per_chip": chip.peak_bf16_flops,
+        "ideal_seconds": flops / chip.peak_bf16_flops,
+        "compile_seconds": round(seconds, 1),
+    }
+    if refusal is not None:
+        row["refused"] = refusal
+    return row
+
+
+def _abstract_batch(exp: experiment.Experiment, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    shapes = jax.eval_shape(lambda: exp.example_batch(batch_size))
+    shardings = exp.batch_shardings()
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in shapes.items()}
+
+
+def _sample_arguments(exp: experiment.Experiment, batch_size: int) -> tuple[Any, ...]:
+    """Abstract (params, text_embeddings, text_mask, rng, lowres) for one guided sampling step."""
+    mesh = exp.mesh
+    params = abstract_like(exp.state_shapes.ema_params, exp.state_shardings.ema_params)
+    length, width = exp.text_encoder.max_length, exp.text_encoder.dim
+    text = jax.ShapeDtypeStruct(
+        (batch_size, length, width), jnp.float32, sharding=parallel.batch_sharding(mesh, 3)
+    )
+    mask = jax.ShapeDtypeStruct((batch_size, length), jnp.bool_, sharding=parallel.batch_sharding(mesh, 2))
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=parallel.replicated(mesh))
+    lowres = None
+    stage = exp.family.train_stage if exp.family.kind == "imagen" else None
+    if stage is not None and stage.is_super_resolution:
+        size = stage.lowres_size
+        lowres = jax.ShapeDtypeStruct(
+            (batch_size, size, size, 3), jnp.float32, sharding=parallel.batch_sharding(mesh, 4)
+        )
+    return params, text, mask, rng, lowres
+
+
+def _stage_rows(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, chip: topology.Chip, settings: dict
+) -> list[dict]:
+    """The train step's and one guided sampling step's rows for the trained stage of `config`."""
+    text = TextShape(*text_encoder.text_shape(config.text))
+    exp = experiment.assemble(config, "", None, text, mesh)
+    family = exp.family
+    name = family.train_stage.name if family.capabilities.staged else config.family
+    batch_size = int(config.train.batch_size)
+    parallel.per_device_batch(batch_size, mesh, int(config.train.get("grad_accum_steps", 1)))
+    state = abstract_like(exp.state_shapes, exp.state_shardings)
+    train_step = exp.jit_train_step(jax.random.key(int(config.seed) + 1))
+    common = {"chip": chip, "mesh": mesh, "stage": name, **settings}
+    rows = [
+        _measure(
+            train_step,
+            (state, _abstract_batch(exp, batch_size)),
+            program="train_step",
+            batch=batch_size,
+            **common,
+        )
+    ]
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    sample_batch = int(config.compile.sample_batch_size) or shards
+    options = {"steps": 1} if family.kind == "imagen" else {}
+    rows.append(
+        _measure(
+            exp.jit_generate(**options),
+            _sample_arguments(exp, sample_batch),
+            program="sample_step",
+            batch=sample_batch,
+            **common,
+        )
+    )
+    return rows
+
+
+def _encoder_row(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, chip: topology.Chip, settings: dict
+) -> dict:
+    """The text encoder's row: T5 over one global batch of prompts, sharded as training runs it (jit_embed)."""
+    module = T5Encoder(text_encoder.encoder_config(config.text))
+    rules = parallel.axis_rules(config.get("mesh"))
+    batch_size, length = int(config.train.batch_size), int(config.text.max_length)
+    one = jnp.ones((1, 1), jnp.int32)
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), one, one)))
+    params = abstract_like(shapes, param_shardings(module.config, mesh, rules))
+    whole = parallel.replicated(mesh)
+    tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=whole)
+    mask = jax.ShapeDtypeStruct((batch_size, length), jnp.bool_, sharding=whole)
+    return _measure(
+        text_encoder.jit_embed(module, mesh, rules),
+        (params, tokens, mask),
+        chip=chip,
+        mesh=mesh,
+        stage="text",
+        program="encode_text",
+        batch=batch_size,
+        **settings,
+    )
+
+
+def _advice(row: dict, config: ml_collections.ConfigDict) -> str:
+    """One line: by how much the program misses the chip's memory, and which settings would help."""
+    memory, hbm = row["bytes_per_chip"], row["hbm_bytes_per_chip"]
+    over = memory["total"] - hbm
+    mesh, chips = row["mesh"], row["chips"]
+    knobs = []
+    if mesh["fsdp"] < chips // mesh["tensor"]:
+        knobs.append(
+            f"mesh.fsdp={min(mesh['fsdp'] * 4, chips // mesh['tensor'])} (now {mesh['fsdp']}; shards the "
+            f"parameters and optimizer state, {memory['arguments'] / GiB:.2f} GiB of arguments per chip)"
+        )
+    if row["program"] == "train_step":
+        stage = row["stage"]
+        model = (
+            config.stages[stage].model
+            if "stages" in config and stage in config.stages
+            else config.get("model")
+        )
+        if model is not None and not model.get("remat", False):
+            key = (
+                f"stages.{stage}.model.remat"
+                if "stages" in config and stage in config.stages
+                else "model.remat"
+            )
+            knobs.append(f"{key}=True (recomputes activations in the backward pass)")
+        knobs.append(
+            f"train.grad_accum_steps={2 * int(config.train.get('grad_accum_steps', 1))} or a smaller "
+            f"compile.batch_size (temporaries are {memory['temporaries'] / GiB:.2f} GiB per chip)"
+        )
+    else:
+        knobs.append(f"a smaller batch (now {row['batch']})")
+    if mesh["tensor"] == 1 and chips > 1:
+        knobs.append("mesh.tensor=2 or 4 (splits activations' channels and heads)")
+    refused = row.get("refused")
+    needs = f"at least {memory['total'] / GiB:.2f} GiB" if refused else f"{memory['total'] / GiB:.2f} GiB"
+    why = (
+        f" (the compiler refused it: {memory['temporaries'] / GiB:.2f} GiB of temporaries, "
+        f"{refused['usable_hbm_bytes'] / GiB:.2f} GiB usable)"
+        if refused
+        else ""
+    )
+    return (
+        f"{row['stage']} {row['program']} does not fit {row['topology']}: it needs {needs} per chip{why}, "
+        f"{over / GiB:.2f} GiB ({over / hbm:.0%}) more than the {hbm / GiB:.0f} GiB of a "
+        f"{row['topology'].split(':')[0]} chip. Try {'; '.join(knobs)}."
+    )
+
+
+def compile_rows(config: ml_collections.ConfigDict) -> list[dict]:
+    """Every row (see the module docstring) for config.compile.topology, printed as each is compiled."""
+    name = str(config.compile.topology)
+    chip = topology.chip_of(name)
+    devices = topology.devices(name)
+    mesh = parallel.make_mesh(config.mesh, devices)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.train.batch_size = int(config.compile.batch_size) or int(config.train.batch_size)
+    settings = {"topology_name": name}
+    family = get_family(config)
+    names = [stage.name for stage in family.stages] if family.capabilities.staged else [None]
+    if config.compile.stage:
+        if config.compile.stage not in names:
+            raise UserError(
+                f"compile.stage={config.compile.stage!r} is not a stage of this config; choose from {names}."
+            )
+        names = [config.compile.stage]
+    rows = []
+    for stage in names:
+        if stage is not None:
+            config.train_stage = stage
+        for row in _stage_rows(config, mesh, chip, settings):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    row = _encoder_row(config, mesh, chip, settings)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    return rows
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, prompts: list[str]) -> None:
+    rows = compile_rows(config)
+    misses = [row for row in rows if not row["fits"]]
+    for row in misses:
+        print(_advice(row, config), flush=True)
+    if misses:
+        raise DoesNotFitError(
+            f"{len(misses)} of {len(rows)} compiled programs do not fit {config.compile.topology} (see above)."
+        )

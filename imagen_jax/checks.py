@@ -196,6 +196,7 @@ def _check_compile(config: ml_collections.ConfigDict) -> None:
             "v5e:16x16, v6e:16x16, ...)."
         )
     topology.chip_of(name)
+    topology.check_programs(config.compile.programs)
     topology.require_libtpu()
 
 

@@ -50,7 +50,9 @@ COMPILE_DEFAULTS = {
     "batch_size": 0,  # global train batch to compile for; 0: train.batch_size
     "sample_batch_size": 0,  # images per guided sampling step; 0: one per batch shard (mesh.data x mesh.fsdp)
     "stage": "",  # a cascade's stage to compile ("": every stage), e.g. when the stages train on different slices
+    "programs": ("train_step", "sample_step", "encode_text"),  # which programs to compile (PROGRAMS)
 }
+PROGRAMS = ("train_step", "sample_step", "encode_text")
 
 
 class TopologyError(UserError):
@@ -67,6 +69,18 @@ def add_compile_keys(config: ml_collections.ConfigDict) -> None:
         for key, value in COMPILE_DEFAULTS.items():
             if key not in config.compile:
                 config.compile[key] = value
+
+
+def check_programs(programs: Any) -> tuple[str, ...]:
+    """compile.programs as a tuple, or a TopologyError naming what is not one of PROGRAMS."""
+    chosen = (programs,) if isinstance(programs, str) else tuple(programs)
+    unknown = [p for p in chosen if p not in PROGRAMS]
+    if unknown or not chosen:
+        raise TopologyError(
+            f"compile.programs={chosen!r}: choose one or more of {PROGRAMS}, e.g. "
+            "--config.compile.programs=\"('train_step',)\"."
+        )
+    return chosen
 
 
 def chip_of(topology: str) -> Chip:

@@ -111,10 +111,11 @@ def test_a_program_that_does_not_fit_says_by_how_much_and_what_would_help(capsys
         "--config.mode=compile",
         "--config.compile.topology=v5e:2x2",
         "--config.compile.batch_size=2097152",
+        "--config.compile.programs=('train_step',)",
     ]
     assert main.main(argv) == 2
     captured = capsys.readouterr()
-    train = _json_rows(captured.out)[0]
+    (train,) = _json_rows(captured.out)
     assert train["batch"] == 2097152 and not train["fits"]
     # XLA refuses to compile it; the row keeps the temporaries the compiler states and the arguments' shards
     memory = train["bytes_per_chip"]
@@ -129,7 +130,7 @@ def test_a_program_that_does_not_fit_says_by_how_much_and_what_would_help(capsys
     assert f", {over:.2f} GiB ({over / 16:.0%}) more than the 16 GiB of a v5e chip" in lines[0]
     assert "model.remat=True" in lines[0] and "train.grad_accum_steps=2" in lines[0]
     assert "mesh.fsdp=4" in lines[0]
-    assert "error:" in captured.err and "do not fit v5e:2x2" in captured.err
+    assert "error: 1 of 1 compiled programs do not fit v5e:2x2" in captured.err
 
 
 def test_missing_libtpu_is_one_line_at_the_door(capsys, tmp_path, monkeypatch):
@@ -145,6 +146,9 @@ def test_missing_libtpu_is_one_line_at_the_door(capsys, tmp_path, monkeypatch):
     assert "--config.compile.topology=v5p:8x8x4" in capsys.readouterr().err
     assert main.main(argv + ["--config.mode=compile", "--config.compile.topology=v9x:2x2"]) == 2
     assert "known generations: v4, v5e, v5p, v6e" in capsys.readouterr().err
+    programs = "--config.compile.programs=('train_step', 'sample')"
+    assert main.main(argv + ["--config.mode=compile", "--config.compile.topology=v5e:2x2", programs]) == 2
+    assert "choose one or more of ('train_step', 'sample_step', 'encode_text')" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
 

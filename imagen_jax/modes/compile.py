@@ -9,9 +9,13 @@ and prints one JSON line per stage and program:
     flops_per_chip, peak_bf16_flops_per_chip, ideal_seconds (FLOPs at the chip's peak), compile_seconds
 
 total = arguments + outputs - aliased + temporaries + generated code (XLA's memory analysis of the compiled
-program for one chip; the donated train state's outputs alias its arguments). A program that does not fit gets
-one line saying by how much and which settings would help, and the run ends with an error (exit status 2).
-Nothing is allocated, trained or written; the workdir is not touched.
+program for one chip; the donated train state's outputs alias its arguments). XLA's TPU compiler refuses a
+program whose temporaries exceed the chip's usable HBM: its row then has fits: false, "refused" (the compiler's
+line and the usable HBM it states), the temporaries it states and the arguments' bytes from their shardings.
+A program that does not fit gets one line saying by how much and which settings would help, and the run ends
+with an error (exit status 2). compile.stage picks one stage of a cascade (stages that train on different
+slices), compile.programs some of the three programs. Nothing is allocated, trained or written; the workdir is
+not touched.
 """
 
 import dataclasses
@@ -19,6 +23,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -165,9 +170,14 @@ def _sample_arguments(exp: experiment.Experiment, batch_size: int) -> tuple[Any,
 
 
 def _stage_rows(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, chip: topology.Chip, settings: dict
-) -> list[dict]:
-    """The train step's and one guided sampling step's rows for the trained stage of `config`."""
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    chip: topology.Chip,
+    settings: dict,
+    programs: tuple[str, ...],
+) -> Iterator[dict]:
+    """The train step's and one guided sampling step's rows (those in `programs`) for the trained stage of
+    `config`, each yielded once compiled."""
     text = TextShape(*text_encoder.text_shape(config.text))
     exp = experiment.assemble(config, "", None, text, mesh)
     family = exp.family
@@ -177,28 +187,26 @@ def _stage_rows(
     state = abstract_like(exp.state_shapes, exp.state_shardings)
     train_step = exp.jit_train_step(jax.random.key(int(config.seed) + 1))
     common = {"chip": chip, "mesh": mesh, "stage": name, **settings}
-    rows = [
-        _measure(
+    if "train_step" in programs:
+        yield _measure(
             train_step,
             (state, _abstract_batch(exp, batch_size)),
             program="train_step",
             batch=batch_size,
             **common,
         )
-    ]
+    if "sample_step" not in programs:
+        return
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     sample_batch = int(config.compile.sample_batch_size) or shards
     options = {"steps": 1} if family.kind == "imagen" else {}
-    rows.append(
-        _measure(
-            exp.jit_generate(**options),
-            _sample_arguments(exp, sample_batch),
-            program="sample_step",
-            batch=sample_batch,
-            **common,
-        )
+    yield _measure(
+        exp.jit_generate(**options),
+        _sample_arguments(exp, sample_batch),
+        program="sample_step",
+        batch=sample_batch,
+        **common,
     )
-    return rows
 
 
 def _encoder_row(
@@ -291,16 +299,18 @@ def compile_rows(config: ml_collections.ConfigDict) -> list[dict]:
                 f"compile.stage={config.compile.stage!r} is not a stage of this config; choose from {names}."
             )
         names = [config.compile.stage]
+    programs = topology.check_programs(config.compile.programs)
     rows = []
     for stage in names:
         if stage is not None:
             config.train_stage = stage
-        for row in _stage_rows(config, mesh, chip, settings):
+        for row in _stage_rows(config, mesh, chip, settings, programs):
             print(json.dumps(row), flush=True)
             rows.append(row)
-    row = _encoder_row(config, mesh, chip, settings)
-    print(json.dumps(row), flush=True)
-    rows.append(row)
+    if "encode_text" in programs:
+        row = _encoder_row(config, mesh, chip, settings)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
 
 

@@ -28,6 +28,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     quickstart = sibling(__file__, "quickstart")
     c = quickstart.get_config("tiny" if variant.tiny else None)  # data, text, train, mesh, distributed
     base_model, base_diffusion, base_sample = c.model, c.diffusion, c.sample
+    # The recipe measured for this cascade (2026-11-30 / 12-02), kept when the quickstart's own changed (issue 19):
+    # base16 the base U-Net, uniform loss weighting, Adam at 1e-3, an EMA without warm-up.
+    base_model.efficient = False
+    base_diffusion.loss_weighting = "uniform"
+    c.train.update(dict(learning_rate=1e-3, ema_decay=0.99, ema_warmup=False))
     del c.model, c.diffusion
     c.train_stage = variant.stage
     c.cascade = ("base16", "sr32")

@@ -104,6 +104,7 @@ def generate_cascade_for_prompts(
                 key,
                 static_args=(stage.name,),
                 traced=traced,
+                placement=exp.placement,
                 **stage_options,
                 **kwargs,
             )

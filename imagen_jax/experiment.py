@@ -1,7 +1,7 @@
 """What an experiment config builds, in one step: the dataset, the frozen text encoder, the model family, the
 training program (optimizer + step), the mesh and its logical-axis rules, the sharded train-state layout, and the
-jitted train step and sampling function over them. Shared by training, sampling, evaluation, describe and
-compile (which lowers the same jitted functions for a TPU topology), so they can never disagree."""
+jitted train step over them. Shared by training, sampling, evaluation, describe and compile (which lowers the same
+jitted train step for a TPU topology), so they can never disagree."""
 
 import dataclasses
 import os
@@ -110,30 +110,10 @@ class Experiment:
             donate_argnums=(0,),
         )
 
-    def jit_generate(self, **options: Any) -> Any:
-        """jit of (params, text_embeddings, text_mask, rng, lowres) -> family.generate(params, text_embeddings,
-        text_mask, rng, **options), given lowres=lowres when it is not None (an SR stage's condition), on this
-        mesh: parameters sharded as the train state's EMA, the text and lowres split along the batch, activations
-        constrained as in training, the images returned replicated. mode=compile lowers it."""
-
-        def generate(
-            params: PyTree, text_embeddings: jax.Array, text_mask: jax.Array, rng: jax.Array, lowres
-        ):
-            arrays = {} if lowres is None else {"lowres": lowres}
-            with activation_sharding.use(self.mesh, self.rules):
-                return self.family.generate(params, text_embeddings, text_mask, rng, **arrays, **options)
-
-        return jax.jit(
-            generate,
-            in_shardings=(
-                self.state_shardings.ema_params,
-                parallel.batch_sharding(self.mesh, 3),
-                parallel.batch_sharding(self.mesh, 2),
-                parallel.replicated(self.mesh),
-                parallel.batch_sharding(self.mesh, 4),
-            ),
-            out_shardings=parallel.replicated(self.mesh),
-        )
+    @property
+    def placement(self) -> tuple[Mesh, tuple[tuple[str, Any], ...]]:
+        """(mesh, logical-axis rules): what sampling (sample.compiled_generate) traces its activations under."""
+        return self.mesh, tuple(self.rules)
 
     def init_state(self, rng: jax.Array) -> state_lib.TrainState:
         """A fresh train state, created directly with its shardings (never whole on one host).
@@ -202,13 +182,19 @@ def assemble(
 def build(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Every component of the experiment described by `config`, for a run in `workdir`."""
     dataset = pipeline.build_dataset(config)
-    mesh = parallel.make_mesh(config.mesh)
-    encoder = build_text_encoder(  # a pretrained T5 is placed on the mesh, sharded by the same rules
-        config.text, workdir, dataset.caption_corpus, mesh, parallel.axis_rules(config.get("mesh"))
-    )
+    encoder = build_text_encoder(config.text, workdir, dataset.caption_corpus, *text_placement(config))
     # Embeddings precomputed by mode=encode_text are read instead of running T5.
     text_encoder = with_cache(encoder, text_cache_dir(config.text, workdir))
-    return assemble(config, workdir, dataset, text_encoder, mesh)
+    return assemble(config, workdir, dataset, text_encoder, parallel.make_mesh(config.mesh))
+
+
+def text_placement(config: ml_collections.ConfigDict) -> tuple[Mesh | None, parallel.Rules | None]:
+    """(mesh, rules) for the text encoder: a pretrained T5 (text.pretrained_dir, e.g. T5-XXL's 4.7B parameters)
+    is sharded over each process's own devices (parallel.host_mesh) by the config's rules; the small built-in
+    encoder runs whole on one device, as it always has (its embeddings, and so every run, stay bit for bit)."""
+    if not config.text.pretrained_dir:
+        return None, None
+    return parallel.host_mesh(config.mesh), parallel.axis_rules(config.get("mesh"))
 
 
 class NoCheckpointError(CheckpointError):

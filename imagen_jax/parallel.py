@@ -202,6 +202,19 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
+def host_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over one process's devices (default: this process's; of `devices`, those of the first one's
+    process), for the frozen text encoder: mesh.tensor of them (when it divides their count, else 1) by fsdp over
+    the rest, data 1. Its parameters are sharded over the host's chips and every process encodes its own prompts
+    without waiting for the others."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    devices = [d for d in devices if d.process_index == devices[0].process_index]
+    tensor = int(mesh_config.get("tensor", 1))
+    tensor = tensor if tensor > 0 and len(devices) % tensor == 0 else 1
+    shape = (1, len(devices) // tensor, tensor)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
 def axis_rules(mesh_config: ml_collections.ConfigDict | None) -> tuple[tuple[str, Any], ...]:
     """The logical-axis rules of a config's mesh section (mesh.logical_axis_rules; LOGICAL_AXIS_RULES when it
     has none), checked: MeshConfigError naming the entry that is not a (logical name, mesh axes) pair, names an

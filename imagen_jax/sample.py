@@ -1,6 +1,7 @@
 """Sampling from a trained single-stage family: images for prompts, a captioned PNG grid, and the judge's verdict
 on them. A cascade is sampled stage after stage by cascade.py, with the same pieces."""
 
+import contextlib
 import functools
 import json
 import os
@@ -10,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from imagen_jax import editing, rerank
+from imagen_jax import activation_sharding, editing, rerank
 from imagen_jax.errors import UserError
 from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
@@ -23,7 +24,7 @@ class SamplingError(UserError):
     """The sampling request cannot be served (e.g. no prompts)."""
 
 
-@functools.partial(jax.jit, static_argnames=("generate", "static_args", "static_options"))
+@functools.partial(jax.jit, static_argnames=("generate", "static_args", "static_options", "placement"))
 def _compiled_generate(
     params: PyTree,
     text_embeddings: jax.Array,
@@ -34,8 +35,43 @@ def _compiled_generate(
     generate: Callable[..., jax.Array],
     static_args: tuple[Any, ...],
     static_options: tuple[tuple[str, Any], ...],
+    placement: tuple[Any, Any] | None,
 ) -> jax.Array:
-    return generate(*static_args, params, text_embeddings, text_mask, rng, **traced_options, **dict(static_options))
+    # Activations are constrained by the run's mesh and logical-axis rules while this is traced, as in training.
+    with activation_sharding.use(*placement) if placement else contextlib.nullcontext():
+        return generate(
+            *static_args, params, text_embeddings, text_mask, rng, **traced_options, **dict(static_options)
+        )
+
+
+def _arguments(
+    generate: Callable[..., jax.Array],
+    params: PyTree,
+    text_embeddings: Any,
+    text_mask: Any,
+    rng: jax.Array,
+    static_args: tuple[Any, ...],
+    traced: Sequence[str],
+    placement: tuple[Any, Any] | None,
+    options: dict[str, Any],
+) -> tuple[tuple, dict]:
+    """_compiled_generate's (args, kwargs): array options traced, the named numeric ones as float32 scalars."""
+    static, dynamic = {}, {}
+    for key, value in options.items():
+        if isinstance(value, np.ndarray | jax.Array | jax.ShapeDtypeStruct):
+            dynamic[key] = value
+        elif key in traced and isinstance(value, int | float) and float(value) != 1.0:
+            dynamic[key] = np.float32(value)
+        else:
+            static[key] = value
+    args = (params, text_embeddings, text_mask, rng, dynamic)
+    kwargs = {
+        "generate": generate,
+        "static_args": tuple(static_args),
+        "static_options": tuple(sorted(static.items())),
+        "placement": None if placement is None else (placement[0], tuple(placement[1])),
+    }
+    return args, kwargs
 
 
 def compiled_generate(
@@ -47,36 +83,44 @@ def compiled_generate(
     *,
     static_args: tuple[Any, ...] = (),
     traced: Sequence[str] = (),
+    placement: tuple[Any, Any] | None = None,
     **options: Any,
 ) -> jax.Array:
     """generate(*static_args, params, text_embeddings, text_mask, rng, **options), compiled once per (generate,
-    static_args, the options that shape the computation, the arrays' shapes) and reused by every later call:
-    across calls, prompt sets and the values of a sweep.
+    static_args, the options that shape the computation, placement, the arrays' shapes) and reused by every later
+    call: across calls, prompt sets and the values of a sweep.
 
     `generate` must be a function or a bound method (a family's generate or generate_stage, equal from call to
     call; never a fresh functools.partial, which would compile again). Array options (editing images, a low-res
     condition) are traced; so are the numeric options named in `traced` (the family's
     capabilities.traced_sample_options, e.g. Imagen's guidance_scale), as float32 scalars, except the value 1.0,
     which stays a Python float for the family to specialise (Imagen's guidance 1 is one conditional pass);
-    every other option (sampler, steps, thresholding, ...) is a compile-time constant."""
-    static, dynamic = {}, {}
-    for key, value in options.items():
-        if isinstance(value, np.ndarray | jax.Array):
-            dynamic[key] = value
-        elif key in traced and isinstance(value, int | float) and float(value) != 1.0:
-            dynamic[key] = np.float32(value)
-        else:
-            static[key] = value
-    return _compiled_generate(
-        params,
-        text_embeddings,
-        text_mask,
-        rng,
-        dynamic,
-        generate=generate,
-        static_args=tuple(static_args),
-        static_options=tuple(sorted(static.items())),
+    every other option (sampler, steps, thresholding, ...) is a compile-time constant. placement: the run's
+    (mesh, logical-axis rules), Experiment.placement, under which activations are sharded as in training."""
+    args, kwargs = _arguments(
+        generate, params, text_embeddings, text_mask, rng, static_args, traced, placement, options
     )
+    return _compiled_generate(*args, **kwargs)
+
+
+def lower_generate(
+    generate: Callable[..., jax.Array],
+    params: PyTree,
+    text_embeddings: Any,
+    text_mask: Any,
+    rng: jax.Array,
+    *,
+    static_args: tuple[Any, ...] = (),
+    traced: Sequence[str] = (),
+    placement: tuple[Any, Any] | None = None,
+    **options: Any,
+) -> Any:
+    """compiled_generate's program lowered for these (possibly abstract, sharded) arguments, not run: what
+    mode=compile compiles for a TPU topology."""
+    args, kwargs = _arguments(
+        generate, params, text_embeddings, text_mask, rng, static_args, traced, placement, options
+    )
+    return _compiled_generate.lower(*args, **kwargs)
 
 
 def traced_option_defaults(family: Any, sample: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +156,9 @@ def generate_for_prompts(
         emb = np.concatenate([embeddings[start : start + chunk], np.repeat(embeddings[-1:], pad, 0)])
         msk = np.concatenate([mask[start : start + chunk], np.repeat(mask[-1:], pad, 0)])
         key = jax.random.fold_in(rng, index)
-        out = compiled_generate(exp.family.generate, params, emb, msk, key, traced=traced, **options)
+        out = compiled_generate(
+            exp.family.generate, params, emb, msk, key, traced=traced, placement=exp.placement, **options
+        )
         images.append(np.asarray(out)[: chunk - pad])
     return np.concatenate(images)
 

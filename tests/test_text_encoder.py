@@ -216,3 +216,29 @@ def test_attention_implementation_is_plumbed_and_refused_when_unknown(builtin, p
             build_text_encoder(text_config(attention_implementation="cudnn"), workdir, corpus=no_corpus)
     with pytest.raises(ValueError, match=r"text.attention_implementation must be one of \('xla', 'cudnn'\)"):
         build_text_encoder(text_config(attention_implementation="flash"), workdir, corpus=no_corpus)
+
+
+def test_pretrained_encoder_runs_sharded_in_a_real_run(pretrained_dir, tmp_path):
+    """experiment.build places a pretrained T5 over the process's devices (fsdp x tensor from the config's mesh)
+    and runs it sharded; its embeddings are the unsharded encoder's. The built-in encoder stays on one device."""
+    from configs import quickstart
+    from imagen_jax import experiment
+
+    config = quickstart.get_config("tiny")
+    config.text.pretrained_dir = str(pretrained_dir)
+    config.mesh.update(dict(data=2, fsdp=2, tensor=2))
+    exp = experiment.build(config, str(tmp_path))
+    params = exp.text_encoder.params["params"]
+    wi = params["block_0"]["mlp"][
+        "wi_0"
+    ]  # [32, 64]: embed over fsdp (4 of the 8 devices), mlp over tensor (2)
+    assert len(wi.sharding.device_set) == 8 and wi.addressable_shards[0].data.shape == (8, 32)
+    prompts = CAPTIONS[:5] + [""]
+    plain = build_text_encoder(
+        text_config(pretrained_dir=str(pretrained_dir)), str(tmp_path), corpus=no_corpus
+    )
+    np.testing.assert_allclose(
+        exp.text_encoder.encode(prompts)[0], plain.encode(prompts)[0], atol=1e-5, rtol=0
+    )
+    config.text.pretrained_dir = ""
+    assert experiment.text_placement(config) == (None, None)

@@ -1,8 +1,8 @@
 """mode=compile: will it fit a TPU pod? Ahead-of-time compiles, for a named TPU topology (compile.topology, e.g.
 v5p:8x8x4) and on this machine with no TPU, every stage's train step, one guided sampling step of that stage, and
 the text encoder, each through the jitted function that training and sampling run (experiment.py's
-jit_train_step and jit_generate, text/encoder.py's jit_embed: the same mesh, logical-axis rules and shardings),
-and prints one JSON line per stage and program:
+jit_train_step, sample.py's compiled_generate, text/encoder.py's jit_embed: the same mesh, logical-axis rules
+and shardings), and prints one JSON line per stage and program:
 
     topology, chips, mesh, stage, program (train_step | sample_step | encode_text), batch,
     bytes_per_chip {arguments, outputs, aliased, temporaries, generated_code, total}, hbm_bytes_per_chip, fits,
@@ -23,7 +23,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imagen_jax import experiment, parallel, topology
+from imagen_jax import experiment, parallel, sample, topology
 from imagen_jax.errors import UserError
 from imagen_jax.models.registry import get_family
 from imagen_jax.text import encoder as text_encoder
@@ -100,13 +100,15 @@ def _argument_bytes(args: Any) -> int:
     return total
 
 
-def _measure(jitted: Any, args: tuple, *, chip: topology.Chip, mesh: jax.sharding.Mesh, **fields) -> dict:
-    """One row: `jitted` lowered for `args` (abstract, sharded) and compiled for the topology. A program the
+def _measure(
+    lower: Callable[[], Any], args: tuple, *, chip: topology.Chip, mesh: jax.sharding.Mesh, **fields
+) -> dict:
+    """One row: lower() (the program for `args`, abstract and sharded) compiled for the topology. A program the
     compiler refuses for lack of HBM is a row too (fits: false): its temporaries as the compiler states them,
     its arguments from their shardings, its FLOPs from the partitioned-but-uncompiled program (per chip: the
     global count over the chips)."""
     start = time.perf_counter()
-    lowered = jitted.lower(*args)
+    lowered = lower()
     chips = int(mesh.devices.size)
     try:
         compiled = lowered.compile()
@@ -149,24 +151,50 @@ def _abstract_batch(exp: experiment.Experiment, batch_size: int) -> dict[str, ja
 
 
 def _sample_arguments(exp: experiment.Experiment, batch_size: int) -> tuple[Any, ...]:
-    """Abstract (params, text_embeddings, text_mask, rng, lowres) for one guided sampling step."""
-    mesh = exp.mesh
+    """Abstract (params, text_embeddings, text_mask, rng, lowres or None) for one guided sampling step, placed as
+    sampling places them: the EMA parameters as the train state holds them, the host's arrays whole on every
+    device (the activations are then split along the batch by the rules)."""
+    whole = parallel.replicated(exp.mesh)
     params = abstract_like(exp.state_shapes.ema_params, exp.state_shardings.ema_params)
     length, width = exp.text_encoder.max_length, exp.text_encoder.dim
-    text = jax.ShapeDtypeStruct(
-        (batch_size, length, width), jnp.float32, sharding=parallel.batch_sharding(mesh, 3)
-    )
-    mask = jax.ShapeDtypeStruct((batch_size, length), jnp.bool_, sharding=parallel.batch_sharding(mesh, 2))
+    text = jax.ShapeDtypeStruct((batch_size, length, width), jnp.float32, sharding=whole)
+    mask = jax.ShapeDtypeStruct((batch_size, length), jnp.bool_, sharding=whole)
     rng = jax.eval_shape(lambda: jax.random.key(0))
-    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=parallel.replicated(mesh))
+    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=whole)
     lowres = None
     stage = exp.family.train_stage if exp.family.kind == "imagen" else None
     if stage is not None and stage.is_super_resolution:
         size = stage.lowres_size
-        lowres = jax.ShapeDtypeStruct(
-            (batch_size, size, size, 3), jnp.float32, sharding=parallel.batch_sharding(mesh, 4)
-        )
+        lowres = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32, sharding=whole)
     return params, text, mask, rng, lowres
+
+
+def _lower_sample_step(exp: experiment.Experiment, arguments: tuple[Any, ...]) -> Any:
+    """One guided sampling step (steps=1) of the trained stage, lowered through sample.compiled_generate's program
+    with the options sampling passes: a cascade stage's as cascade.py gives them, a single stage's as
+    sample.generate_for_prompts does."""
+    family, (params, text, mask, rng, lowres) = exp.family, arguments
+    traced = family.capabilities.traced_sample_options
+    steps = {"steps": 1} if family.kind == "imagen" else {}
+    if family.capabilities.staged:
+        stage = family.train_stage
+        options = {k: stage.sample_option(k, {}) for k in traced} | steps
+        options |= {"lowres": lowres} if lowres is not None else {}
+        return sample.lower_generate(
+            family.generate_stage,
+            params,
+            text,
+            mask,
+            rng,
+            static_args=(stage.name,),
+            traced=traced,
+            placement=exp.placement,
+            **options,
+        )
+    options = sample.traced_option_defaults(family, exp.config.get("sample"), steps)
+    return sample.lower_generate(
+        family.generate, params, text, mask, rng, traced=traced, placement=exp.placement, **options
+    )
 
 
 def _stage_rows(
@@ -188,9 +216,10 @@ def _stage_rows(
     train_step = exp.jit_train_step(jax.random.key(int(config.seed) + 1))
     common = {"chip": chip, "mesh": mesh, "stage": name, **settings}
     if "train_step" in programs:
+        batch = _abstract_batch(exp, batch_size)
         yield _measure(
-            train_step,
-            (state, _abstract_batch(exp, batch_size)),
+            lambda: train_step.lower(state, batch),
+            (state, batch),
             program="train_step",
             batch=batch_size,
             **common,
@@ -199,10 +228,10 @@ def _stage_rows(
         return
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     sample_batch = int(config.compile.sample_batch_size) or shards
-    options = {"steps": 1} if family.kind == "imagen" else {}
+    arguments = _sample_arguments(exp, sample_batch)
     yield _measure(
-        exp.jit_generate(**options),
-        _sample_arguments(exp, sample_batch),
+        lambda: _lower_sample_step(exp, arguments),
+        arguments,
         program="sample_step",
         batch=sample_batch,
         **common,
@@ -212,21 +241,26 @@ def _stage_rows(
 def _encoder_row(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, chip: topology.Chip, settings: dict
 ) -> dict:
-    """The text encoder's row: T5 over one global batch of prompts, sharded as training runs it (jit_embed)."""
+    """The text encoder's row, as training runs a pretrained T5 (experiment.text_placement, encoder.jit_embed):
+    sharded over one host's chips (parallel.host_mesh), encoding that host's share of a global batch of prompts.
+    (The small built-in encoder of the CPU configs runs whole on one device instead.)"""
+    devices = list(mesh.devices.flat)
+    hosts = len({d.process_index for d in devices})
+    host = parallel.host_mesh(config.mesh, devices)
     module = T5Encoder(text_encoder.encoder_config(config.text))
     rules = parallel.axis_rules(config.get("mesh"))
-    batch_size, length = int(config.train.batch_size), int(config.text.max_length)
+    batch_size, length = int(config.train.batch_size) // hosts, int(config.text.max_length)
     one = jnp.ones((1, 1), jnp.int32)
     shapes = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), one, one)))
-    params = abstract_like(shapes, param_shardings(module.config, mesh, rules))
-    whole = parallel.replicated(mesh)
-    tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=whole)
-    mask = jax.ShapeDtypeStruct((batch_size, length), jnp.bool_, sharding=whole)
+    params = abstract_like(shapes, param_shardings(module.config, host, rules))
+    rows = parallel.batch_sharding(host, 2)
+    tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=rows)
+    mask = jax.ShapeDtypeStruct((batch_size, length), jnp.bool_, sharding=rows)
     return _measure(
-        text_encoder.jit_embed(module, mesh, rules),
+        lambda: text_encoder.jit_embed(module, host, rules).lower(params, tokens, mask),
         (params, tokens, mask),
         chip=chip,
-        mesh=mesh,
+        mesh=host,
         stage="text",
         program="encode_text",
         batch=batch_size,

@@ -1,10 +1,10 @@
 """mode=encode_text: precomputes the T5 embeddings of the dataset's captions and the sampling prompts into the cache
-that training and sampling then read (text.cache_dir, or <workdir>/text/cache). The encoder runs on the config's
-mesh, its weights sharded by mesh.logical_axis_rules (a T5-XXL is never whole on one device)."""
+that training and sampling then read (text.cache_dir, or <workdir>/text/cache). A pretrained encoder runs sharded
+over each process's devices by mesh.logical_axis_rules, as in training (experiment.text_placement)."""
 
 import ml_collections
 
-from imagen_jax import parallel
+from imagen_jax import experiment
 from imagen_jax import workdir as workdir_lib
 from imagen_jax.data import pipeline
 from imagen_jax.text import encoder as text_encoder
@@ -14,11 +14,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prompts: list[str]) -> 
     workdir_lib.prepare_for_training(workdir, config)  # the cache belongs to this experiment's text encoder
     dataset = pipeline.build_dataset(config)
     encoder = text_encoder.build_text_encoder(
-        config.text,
-        workdir,
-        dataset.caption_corpus,
-        parallel.make_mesh(config.mesh),
-        parallel.axis_rules(config.get("mesh")),
+        config.text, workdir, dataset.caption_corpus, *experiment.text_placement(config)
     )
     sample = config.sample
     captions = [""] + list(prompts or sample.prompts) + dataset.caption_corpus()

@@ -55,10 +55,10 @@ def embed(module: T5Encoder, params: dict, ids: jax.Array, mask: jax.Array) -> j
 
 
 def jit_embed(module: T5Encoder, mesh: jax.sharding.Mesh | None = None, rules: Rules | None = None):
-    """jit of embed(params, ids, mask). With a mesh: parameters sharded by `rules` (t5.param_shardings), the
-    token ids given whole to every device, activations constrained by the same rules while it is traced (the
-    batch split over data x fsdp where it divides), the embeddings returned replicated, so every process can read
-    them. mode=compile lowers this same function for a TPU topology."""
+    """jit of embed(params, ids, mask). With a mesh (one process's devices, parallel.host_mesh): parameters
+    sharded by `rules` (t5.param_shardings), ids and mask [B, L] and the embeddings [B, L, D] split along the
+    batch over data x fsdp, activations constrained by the same rules while it is traced. mode=compile lowers
+    this same function for a TPU topology."""
     if mesh is None:
         return jax.jit(lambda params, ids, mask: embed(module, params, ids, mask))
     rules = parallel.LOGICAL_AXIS_RULES if rules is None else rules
@@ -67,11 +67,11 @@ def jit_embed(module: T5Encoder, mesh: jax.sharding.Mesh | None = None, rules: R
         with activation_sharding.use(mesh, rules):
             return embed(module, params, ids, mask)
 
-    whole = parallel.replicated(mesh)
+    rows = parallel.batch_sharding(mesh, 2)
     return jax.jit(
         sharded_embed,
-        in_shardings=(param_shardings(module.config, mesh, rules), whole, whole),
-        out_shardings=whole,
+        in_shardings=(param_shardings(module.config, mesh, rules), rows, rows),
+        out_shardings=parallel.batch_sharding(mesh, 3),
     )
 
 
@@ -105,6 +105,7 @@ class TextEncoder:
         self.num_model_calls = 0  # T5 forward passes so far (the cache test counts them)
         self._params_fn = params_fn
         self._params: dict | None = None
+        self._mesh = mesh
         self._embed = jit_embed(module, mesh, rules)
 
     @property
@@ -128,12 +129,17 @@ class TextEncoder:
         n = len(prompts)
         if n == 0:
             return np.zeros((0, self.max_length, self.dim), np.float32), mask
-        pad = _batch_bucket(n) - n
-        ids_padded = np.pad(ids, ((0, pad), (0, 0)))
-        mask_padded = np.pad(mask, ((0, pad), (0, 0)))
+        rows = _batch_bucket(n)
+        if self._mesh is not None:  # a multiple of the batch shards, so that the batch splits evenly
+            shards = self._mesh.shape["data"] * self._mesh.shape["fsdp"]
+            rows = -(-rows // shards) * shards
+        ids_padded = np.pad(ids, ((0, rows - n), (0, 0)))
+        mask_padded = np.pad(mask, ((0, rows - n), (0, 0)))
         self.num_model_calls += 1
-        embeddings = self._embed(self.params, ids_padded, mask_padded)
-        return np.asarray(embeddings)[:n], mask
+        if self._mesh is not None:  # this process's own devices: its prompts, its rows back
+            sharding = parallel.batch_sharding(self._mesh, 2)
+            ids_padded, mask_padded = jax.device_put((ids_padded, mask_padded), sharding)
+        return np.asarray(self._embed(self.params, ids_padded, mask_padded))[:n], mask
 
 
 def encoder_config(text_config: ml_collections.ConfigDict) -> T5Config:
@@ -236,9 +242,11 @@ def build_text_encoder(
 ) -> TextEncoder:
     """The configured frozen encoder: a local Hugging Face T5 checkpoint, or the built-in random-init one.
 
-    corpus() is called only when a tokenizer has to be trained. With a mesh (and logical axis rules; default
-    parallel.LOGICAL_AXIS_RULES) the weights are placed sharded, read one tensor at a time from a checkpoint, and
-    the encoder runs sharded (jit_embed): no process ever holds the whole of a T5-XXL.
+    corpus() is called only when a tokenizer has to be trained. With a mesh over one process's devices
+    (parallel.host_mesh) and logical axis rules (default parallel.LOGICAL_AXIS_RULES) the weights are placed
+    sharded, read one tensor at a time from a checkpoint, and the encoder runs sharded (jit_embed): no device
+    holds the whole of a T5-XXL, and each process encodes its own prompts with no collective across hosts (a
+    process's prompts differ from another's, and a cache may serve them on one host and not on the other).
     """
     validate(text_config)
     tokenizer = _tokenizer(text_config, workdir, corpus)

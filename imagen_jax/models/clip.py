@@ -273,9 +273,25 @@ class EmbeddingTextTower(nn.Module):
         return (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
 
 
+class ConvStem(nn.Module):
+    """3x3 convolutions with GELU at full resolution before the ViT's patches (Xiao et al. 2021, "Early
+    convolutions help transformers see better"): [B, S, S, C] -> [B, S, S, channels[-1]]. A linear patch
+    embedding mixes an object's shape with its colour (the response to a shape scales with its colour's
+    projection); per-pixel nonlinear features first let the same shape look alike in every colour."""
+
+    channels: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.channels):
+            x = jax.nn.gelu(nn.Conv(width, (3, 3), padding="SAME", name=f"conv_{i}")(x))
+        return x
+
+
 class ShapesClip(nn.Module):
     """apply(variables, images [B, S, S, 3] in [-1, 1], text_embeddings [B_t, L, D], text_mask [B_t, L]) -> the
-    same dict as Clip. A ViT over the images as they are (no CLIP normalisation: the network learns its own)."""
+    same dict as Clip. A ViT over the images as they are (no CLIP normalisation: the network learns its own),
+    after an optional convolutional stem (stem_channels)."""
 
     vision: TowerConfig
     text: TowerConfig
@@ -284,8 +300,10 @@ class ShapesClip(nn.Module):
     max_length: int
     projection_dim: int
     logit_scale_init: float = 2.6592  # log(1 / 0.07), as CLIP
+    stem_channels: tuple[int, ...] = ()
 
     def setup(self):
+        self.stem = ConvStem(self.stem_channels) if self.stem_channels else (lambda x: x)
         self.vision_model = VisionTower(self.vision, self.image_size, self.patch_size)
         self.text_model = EmbeddingTextTower(self.text, self.max_length)
         self.visual_projection = nn.Dense(self.projection_dim, use_bias=False)
@@ -293,7 +311,7 @@ class ShapesClip(nn.Module):
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
 
     def embed_images(self, images: jax.Array) -> jax.Array:
-        return normalize(self.visual_projection(self.vision_model(images)))
+        return normalize(self.visual_projection(self.vision_model(self.stem(images))))
 
     def embed_texts(self, text_embeddings: jax.Array, text_mask: jax.Array) -> jax.Array:
         return normalize(self.text_projection(self.text_model(text_embeddings, text_mask)))

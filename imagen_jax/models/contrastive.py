@@ -49,12 +49,14 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
         if t.get("activation", "gelu") not in ACTIVATIONS:
             raise ValueError(f"model.{tower}.activation={t.activation!r}; choose one of {ACTIVATIONS}.")
         for key in ("width", "layers", "heads", "mlp_dim"):
-            if int(t[key]) < 1:
-                raise ValueError(f"model.{tower}.{key}={t[key]} must be >= 1.")
+            if int(t[key]) < (0 if key == "layers" else 1):
+                raise ValueError(f"model.{tower}.{key}={t[key]} must be >= {0 if key == 'layers' else 1}.")
         if int(t.width) % int(t.heads):
             raise ValueError(
                 f"model.{tower}.width={t.width} must be divisible by model.{tower}.heads={t.heads}."
             )
+    if any(int(c) < 1 for c in m.vision.get("stem_channels", ())):
+        raise ValueError(f"model.vision.stem_channels={tuple(m.vision.stem_channels)} must all be >= 1.")
     if int(m.projection_dim) < 1:
         raise ValueError(f"model.projection_dim={m.projection_dim} must be >= 1.")
 
@@ -100,6 +102,7 @@ class ClipFamily:
                 patch_size=int(m.patch_size),
                 max_length=int(config.text.max_length),
                 projection_dim=int(m.projection_dim),
+                stem_channels=tuple(int(c) for c in m.vision.get("stem_channels", ())),
             )
         )
 

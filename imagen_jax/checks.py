@@ -269,6 +269,11 @@ def _check_clip(config: ml_collections.ConfigDict, family: Any, mode: str) -> No
         )
     rerank, weights = (clip_score.sample_option(config.sample, k) for k in ("rerank", "clip_weights"))
     if int(rerank) > 1:
+        if family.capabilities.staged:
+            raise UserError(
+                f"sample.rerank={rerank}: reranking serves single-stage families; a cascade is sampled without it "
+                "(set sample.rerank=1)."
+            )
         if not weights:
             raise UserError(
                 f"sample.rerank={rerank} keeps the best of {rerank} candidates by CLIP score: give the CLIP with "

@@ -163,6 +163,16 @@ def test_rerank_and_clip_settings_are_checked_at_the_door(tmp_path, capsys, hf_c
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     assert main([*base, "--config.sample.rerank=2", f"--config.sample.clip_weights={tmp_path}"]) == 2
     assert "neither a Hugging Face CLIP" in capsys.readouterr().err
+    cascade = [
+        "m",
+        "--config",
+        "configs/shapes_cascade.py:tiny",
+        "--workdir",
+        str(tmp_path / "c"),
+        "--config.mode=sample",
+    ]
+    assert main([*cascade, "--config.sample.rerank=2", f"--config.sample.clip_weights={hf_clip}"]) == 2
+    assert "single-stage" in capsys.readouterr().err
     settings = eval_run.default_settings()
     settings.clip_weights = str(tmp_path / "nowhere")
     with pytest.raises(eval_run.UserError, match="eval.clip_weights"):

@@ -73,7 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.warmup_steps = 100
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.99  # 0.99**500 < 1%: the EMA forgets the random init within this short run
-    c.train.ema_warmup = True  # decay min(ema_decay, (1 + t) / (10 + t)): early samples never lag far behind
+    # true: decay min(ema_decay, (1 + t) / (10 + t)), so early samples never lag far behind; off here until an
+    # ablation on the judge shows it helps this recipe (experiments/benchmarks/README.md, issue 19)
+    c.train.ema_warmup = False
     c.train.log_every = 25
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 2

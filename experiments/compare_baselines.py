@@ -222,7 +222,8 @@ def plot_curves(runs: list[dict[str, Any]], path: str) -> str:
 
     panels: dict[str, dict[str, list]] = {}
     for r in runs:
-        curve = r["curve"] if isinstance(r["curve"], dict) else {"loss": r["curve"]}  # results.json before 2026-12
+        # a results.json written before 2026-12-02 holds one list: the loss
+        curve = r["curve"] if isinstance(r["curve"], dict) else {"loss": r["curve"]}
         for name, points in curve.items():
             panels.setdefault(r["model"], {}).setdefault(name, []).append((r["seed"], points))
     return plots.curves_figure(panels, path)
@@ -398,7 +399,8 @@ def _space_text(report: dict[str, Any]) -> str:
     return f"pytorch-fid's InceptionV3 pool features, weights {info.get('weights')}"
 
 
-LOSS_KEYS = ("loss", "d_loss", "g_loss")  # what each family logs as its training loss (the GAN: one per network)
+# What each family logs as its training loss (the GAN: one per network).
+LOSS_KEYS = ("loss", "d_loss", "g_loss")
 
 
 def _curve(workdir: str) -> dict[str, list[tuple[int, float]]]:

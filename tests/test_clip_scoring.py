@@ -216,3 +216,19 @@ def test_eval_adds_clip_score_and_plots_fid_against_it(tmp_path, hf_clip):
     assert len(report["sweep"]["points"]) == 4 and all("clip_score" in p for p in report["sweep"]["points"])
     assert (tmp_path / "eval" / "0_sweep_clip.png").is_file()
     assert any("CLIP score" in line for line in eval_run.format_report(report))
+
+
+def test_compare_baselines_reports_clip_score_and_its_correlation_with_the_judge():
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+    import compare_baselines
+
+    runs = []
+    for clip, judge in ((60.0, 0.2), (70.0, 0.4), (80.0, 0.9)):
+        sets = {"holdout": {"clip_score": {"mean": clip, "clip": "clip:x"}, "alignment": {"all": judge}}}
+        runs.append({"eval": {"prompt_sets": sets}})
+    lines = compare_baselines._clip_lines(runs, ["holdout"])
+    r = clip_score.pearson([60, 70, 80], [0.2, 0.4, 0.9])
+    assert "`clip:x`" in lines[0] and f"- holdout prompts: r = {r:.3f} over 3 runs" in lines
+    assert compare_baselines._metric(runs[1]["eval"], "holdout", "clip_score") == 70.0

@@ -131,7 +131,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     plots.save(fig, path)
 
 
@@ -188,8 +188,8 @@ def main() -> None:
         ]  # timed rows only
         loads = [x for r in rows for x in (r["loadavg_before"][0], r["loadavg_after"][0])]
         title = (
-            f"configs/quickstart.py, held-out judge accuracy ({rows[0]['prompts']} prompts); 2-core CPU "
-            f"shared with other jobs (load average {min(loads):.0f}-{max(loads):.0f})"
+            f"configs/quickstart.py, held-out judge accuracy ({rows[0]['prompts']} prompts)\n2-core CPU "
+            f"shared with other jobs (1-minute load average {min(loads):.0f}-{max(loads):.0f} at start and end)"
         )
         plot(rows, args.plot, title)
 

@@ -1,10 +1,10 @@
-"""Will the paper's cascade fit? mode=compile for each of the paper's stages at the paper's batch size on TPU slices,
-on this machine (no TPU: libtpu compiles for the named topology), one subprocess per row, so that each row's
-compile time and peak host memory are its own.
+"""Will the paper's cascade fit? mode=compile for each of the paper's stages at the paper's examples per chip on
+TPU v4 (the paper's hardware) and v5p, on this machine (no TPU: libtpu compiles for the named topology), one
+subprocess per row, so that each row's compile time and peak host memory are its own.
 
     pip install -e ".[tpu]"
     python experiments/benchmarks/will_it_fit.py                       # every row below, in order
-    python experiments/benchmarks/will_it_fit.py --only sr256_v5p_t4   # some rows
+    python experiments/benchmarks/will_it_fit.py --only sr256_v4_t4    # some rows
     python experiments/benchmarks/will_it_fit.py --table               # the README table from the kept results
 
 Each row's JSON lines (imagen_jax/modes/compile.py) are appended to results/will_it_fit.jsonl with the command,
@@ -26,15 +26,28 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 RESULTS = os.path.join(HERE, "results", "will_it_fit.jsonl")
 
 # name: (config file, stage, topology, extra overrides, programs). The paper (Sec. 4): 256 TPU-v4 chips for the
-# 2B base, 128 for each super-resolution stage, global batch 2048 for every stage.
+# 2B base and 128 for each super-resolution stage, global batch 2048 for every stage: 8 examples per chip for the
+# base, 16 for the SR stages. On a data-parallel mesh every chip runs the same program whatever the chip count
+# (the whole train state and its own examples), so each row compiles that per-chip program on a 4-chip slice at
+# the same examples per chip (the "equivalence" rows check it: per-chip bytes on 4 vs 16 chips). Compiling for all
+# 256 chips took more than 17 GB of host memory and 45 minutes here without finishing the train step.
+_ALL = ("train_step", "sample_step", "encode_text")
 ROWS = {
-    "base64_v4": ("imagen_base64.py", "base64", "v4:8x8x4", (), ("train_step", "sample_step", "encode_text")),
-    "sr256_v4": ("imagen_sr256.py", "sr256", "v4:4x4x8", (), ("train_step", "sample_step")),
-    "sr1024_v4": ("imagen_sr1024.py", "sr1024", "v4:4x4x8", (), ("train_step", "sample_step")),
-    "base64_v5p": ("imagen_base64.py", "base64", "v5p:4x4x8", (), ("train_step",)),
-    "sr256_v5p": ("imagen_sr256.py", "sr256", "v5p:4x4x8", (), ("train_step",)),
-    "sr256_v5p_t4": ("imagen_sr256.py", "sr256", "v5p:4x4x8", ("--config.mesh.tensor=4",), ("train_step",)),
-    "sr1024_v5p": ("imagen_sr1024.py", "sr1024", "v5p:4x4x8", (), ("train_step",)),
+    "base64_v4": ("imagen_base64.py", "base64", "v4:2x2x1", ("--config.compile.batch_size=32",), _ALL),
+    "sr256_v4": ("imagen_sr256.py", "sr256", "v4:2x2x1", ("--config.compile.batch_size=64",), _ALL[:2]),
+    "sr1024_v4": ("imagen_sr1024.py", "sr1024", "v4:2x2x1", ("--config.compile.batch_size=64",), _ALL[:2]),
+    "sr256_v4_t4": (
+        "imagen_sr256.py",
+        "sr256",
+        "v4:2x2x4",
+        ("--config.compile.batch_size=64", "--config.mesh.data=4", "--config.mesh.tensor=4"),
+        ("train_step",),
+    ),
+    "base64_v5p": ("imagen_base64.py", "base64", "v5p:2x2x1", ("--config.compile.batch_size=64",), _ALL[:1]),
+    "sr256_v5p": ("imagen_sr256.py", "sr256", "v5p:2x2x1", ("--config.compile.batch_size=64",), _ALL[:1]),
+    "sr1024_v5p": ("imagen_sr1024.py", "sr1024", "v5p:2x2x1", ("--config.compile.batch_size=64",), _ALL[:1]),
+    "equivalence_4": ("quickstart.py", "", "v5e:2x2", ("--config.compile.batch_size=8",), _ALL[:1]),
+    "equivalence_16": ("quickstart.py", "", "v5e:4x4", ("--config.compile.batch_size=32",), _ALL[:1]),
 }
 
 
@@ -50,7 +63,7 @@ def command(name: str) -> list[str]:
         "/tmp/will_it_fit",
         "--config.mode=compile",
         f"--config.compile.topology={topology}",
-        f"--config.compile.stage={stage}",
+        *([f"--config.compile.stage={stage}"] if stage else []),
         f"--config.compile.programs={programs!r}",
         *extra,
     ]
@@ -99,27 +112,34 @@ def summary(row: dict) -> str:
 
 
 def table() -> str:
-    """The README table: one line per (stage, program, topology, mesh), the newest record of each."""
+    """The README table: one line per (stage, program, topology, mesh) of the paper's stages, the newest record of
+    each, with the paper's slice it stands for (batch 2048 at the same examples per chip)."""
     latest: dict[tuple, dict] = {}
     with open(RESULTS, encoding="utf-8") as f:
         for line in f:
-            record = json.loads(line)
-            for row in record["rows"]:
+            for row in json.loads(line)["rows"]:
+                if row["stage"] == "imagen":  # the equivalence check, not a paper stage
+                    continue
                 mesh = tuple(row["mesh"][a] for a in ("data", "fsdp", "tensor"))
                 latest[(row["stage"], row["program"], row["topology"], mesh)] = row
     gib = 2**30
     lines = [
-        "| stage | program | slice (chips) | mesh data x fsdp x tensor | batch | GiB per chip: total (arguments, temporaries) | HBM | fits | TFLOP per chip | ideal step | compile here |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | program | compiled for | mesh data x fsdp x tensor | batch (per chip) | stands for (batch 2048) "
+        "| GiB per chip: total (arguments, temporaries) | HBM | fits | TFLOP per chip | ideal step | compile here |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (stage, program, topology, mesh), row in latest.items():
         memory = row["bytes_per_chip"]
+        per_chip = row["batch"] / (mesh[0] * mesh[1])
+        generation = topology.split(":")[0]
+        stands_for = f"{2048 / per_chip:.0f} {generation} chips" if program == "train_step" else ""
         lines.append(
-            f"| {stage} | {program} | {topology} ({row['chips']}) | {' x '.join(map(str, mesh))} | {row['batch']} | "
+            f"| {stage} | {program} | {topology} ({row['chips']} chips) | {' x '.join(map(str, mesh))} | "
+            f"{row['batch']} ({per_chip:g}) | {stands_for} | "
             f"{'>= ' if 'refused' in row else ''}{memory['total'] / gib:.1f} ({memory['arguments'] / gib:.1f}, "
             f"{memory['temporaries'] / gib:.1f}) | {row['hbm_bytes_per_chip'] / gib:.0f} | "
             f"{'yes' if row['fits'] else 'no'} | {row['flops_per_chip'] / 1e12:.1f} | "
-            f"{row['ideal_seconds']:.2f} s | {row['compile_seconds'] / 60:.1f} min |"
+            f"{row['ideal_seconds']:.3f} s | {row['compile_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 

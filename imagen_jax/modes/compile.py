@@ -274,7 +274,9 @@ def _advice(row: dict, config: ml_collections.ConfigDict) -> str:
     over = memory["total"] - hbm
     mesh, chips = row["mesh"], row["chips"]
     knobs = []
-    if mesh["fsdp"] < chips // mesh["tensor"]:
+    # fsdp shards what every chip holds whole (parameters, optimizer state, EMA): worth it when that is a good
+    # part of the need; the batch is split over data x fsdp either way.
+    if mesh["fsdp"] < chips // mesh["tensor"] and memory["arguments"] > 0.25 * memory["total"]:
         knobs.append(
             f"mesh.fsdp={min(mesh['fsdp'] * 4, chips // mesh['tensor'])} (now {mesh['fsdp']}; shards the "
             f"parameters and optimizer state, {memory['arguments'] / GiB:.2f} GiB of arguments per chip)"

@@ -131,13 +131,16 @@ def traced_option_defaults(family: Any, sample: Any, options: dict[str, Any]) ->
     return {**{k: sample[k] for k in names if k not in options and k in sample}, **options}
 
 
+SAMPLE_CHUNK = 64  # prompts per compiled sampling call: the batch the sampler is compiled for, at most
+
+
 def generate_for_prompts(
     exp: Experiment,
     params: PyTree,
     prompts: Sequence[str],
     rng: jax.Array,
     *,
-    chunk: int = 64,
+    chunk: int = SAMPLE_CHUNK,
     **options: Any,
 ) -> np.ndarray:
     """Images float32 [N,H,W,3] in [-1,1], one per prompt, generated `chunk` prompts at a time; compiled once per
@@ -197,7 +200,12 @@ def sample_and_judge(
         print(note)
     edit_options = edit.options() if edit else {}
     generate = rerank.reranking(generate_for_prompts, sample)  # sample.rerank > 1: best of N by CLIP score
-    grid_images = generate(exp, params, grid_prompts, jax.random.fold_in(rng, 0), **options, **edit_options)
+    judged = edit is None and bool(sample.judge_prompts)
+    # One chunk size for the grid and the held-out prompts, so the sampler compiles once per report, not twice.
+    chunk = min(SAMPLE_CHUNK, len(grid_prompts), *([int(sample.judge_prompts)] if judged else []))
+    grid_images = generate(
+        exp, params, grid_prompts, jax.random.fold_in(rng, 0), chunk=chunk, **options, **edit_options
+    )
     samples_dir = out_dir or os.path.join(exp.workdir, "samples")
     grid_path = os.path.join(samples_dir, f"step_{step}.png")
     write_grid(grid_images, grid_prompts, grid_path, columns=sample.num_per_prompt)
@@ -207,9 +215,9 @@ def sample_and_judge(
         result["edit_grid"] = os.path.join(samples_dir, f"step_{step}_edit.png")
         result["edit"] = {k: sample[k] for k in editing.EDIT_KEYS}
         editing.write_edit_grid(edit, grid_images, grid_prompts, result["edit_grid"], sample.num_per_prompt)
-    elif sample.judge_prompts:
+    elif judged:
         heldout = exp.dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
-        heldout_images = generate(exp, params, heldout, jax.random.fold_in(rng, 1), **options)
+        heldout_images = generate(exp, params, heldout, jax.random.fold_in(rng, 1), chunk=chunk, **options)
         result["heldout_judge"] = judge_accuracy(heldout_images, heldout)
     with open(os.path.join(samples_dir, f"step_{step}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

@@ -3,6 +3,8 @@ values of a guidance sweep (sample.compiled_generate). Counted as traces of a st
 the jit cache for the tiny quickstart's U-Net, whose traced guidance gives the numbers of a constant one."""
 
 import functools
+import json
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -12,6 +14,7 @@ import pytest
 
 from configs import quickstart
 from imagen_jax import sample
+from imagen_jax.main import main
 from imagen_jax.models.imagen import ImagenFamily
 
 
@@ -99,3 +102,26 @@ def test_the_unet_sampler_compiles_once_for_a_guidance_sweep_with_the_same_numbe
         swept[4.0], np.asarray(constant(params, text, mask, jax.random.key(7))), atol=2e-5
     )
     assert not np.allclose(swept[2.0], swept[4.0])  # the traced value is used, not baked in
+
+
+def test_the_report_after_training_samples_the_grid_and_the_heldout_prompts_with_one_compilation(tmp_path, capsys):
+    """The grid (4 prompts) and the held-out set (6) used to be sampled in chunks of their own sizes, compiling the
+    sampler twice per report; one shared chunk size compiles it once."""
+    config = pathlib.Path(quickstart.__file__).as_posix() + ":tiny"
+    before = sample._compiled_generate._cache_size()
+    code = main(
+        [
+            "imagen_jax.main",
+            "--config",
+            config,
+            "--workdir",
+            str(tmp_path / "wd"),
+            "--config.train.steps=2",
+            "--config.sample.judge_prompts=6",
+        ]
+    )
+    capsys.readouterr()
+    assert code == 0
+    assert sample._compiled_generate._cache_size() == before + 1
+    report = json.loads((tmp_path / "wd" / "samples" / "step_2.json").read_text())
+    assert report["heldout_judge"]["count"] == 6  # every held-out prompt judged, the padding dropped

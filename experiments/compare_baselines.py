@@ -363,7 +363,7 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
 
 def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
     """The CLIP score's agreement with the judge: Pearson's r between the two over every run, per prompt set."""
-    from imagen_jax.evaluation.clip_score import pearson
+    from imagen_jax.evaluation.clip_score import pearson, pearson_interval
 
     clip = runs[0]["eval"]["prompt_sets"][splits[0]]["clip_score"]["clip"]
     lines = [
@@ -376,7 +376,11 @@ def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
             (_metric(r["eval"], split, "clip_score"), _metric(r["eval"], split, "alignment")) for r in runs
         ]
         r_value = pearson([a for a, _ in pairs], [b for _, b in pairs])
-        lines.append(f"- {split} prompts: r = {r_value:.3f} over {len(pairs)} runs")
+        low, high = pearson_interval(r_value, len(pairs))
+        lines.append(
+            f"- {split} prompts: r = {r_value:.3f} over {len(pairs)} runs (95% interval by Fisher's z: "
+            f"{low:.2f} to {high:.2f})"
+        )
     return lines + [""]
 
 

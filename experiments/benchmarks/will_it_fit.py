@@ -113,7 +113,8 @@ def summary(row: dict) -> str:
 
 def table() -> str:
     """The README table: one line per (stage, program, topology, mesh) of the paper's stages, the newest record of
-    each, with the paper's slice it stands for (batch 2048 at the same examples per chip)."""
+    each, with the paper's slice it stands for (batch 2048 at the same examples per batch shard, data x fsdp; a
+    tensor axis multiplies the chips, since its chips share their shard's examples)."""
     latest: dict[tuple, dict] = {}
     with open(RESULTS, encoding="utf-8") as f:
         for line in f:
@@ -124,18 +125,18 @@ def table() -> str:
                 latest[(row["stage"], row["program"], row["topology"], mesh)] = row
     gib = 2**30
     lines = [
-        "| stage | program | compiled for | mesh data x fsdp x tensor | batch (per chip) | stands for (batch 2048) "
+        "| stage | program | compiled for | mesh data x fsdp x tensor | batch (per shard) | stands for (batch 2048) "
         "| GiB per chip: total (arguments, temporaries) | HBM | fits | TFLOP per chip | ideal step | compile here |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (stage, program, topology, mesh), row in latest.items():
         memory = row["bytes_per_chip"]
-        per_chip = row["batch"] / (mesh[0] * mesh[1])
+        per_shard = row["batch"] / (mesh[0] * mesh[1])
         generation = topology.split(":")[0]
-        stands_for = f"{2048 / per_chip:.0f} {generation} chips" if program == "train_step" else ""
+        stands_for = f"{2048 / per_shard * mesh[2]:.0f} {generation} chips" if program == "train_step" else ""
         lines.append(
             f"| {stage} | {program} | {topology} ({row['chips']} chips) | {' x '.join(map(str, mesh))} | "
-            f"{row['batch']} ({per_chip:g}) | {stands_for} | "
+            f"{row['batch']} ({per_shard:g}) | {stands_for} | "
             f"{'>= ' if 'refused' in row else ''}{memory['total'] / gib:.1f} ({memory['arguments'] / gib:.1f}, "
             f"{memory['temporaries'] / gib:.1f}) | {row['hbm_bytes_per_chip'] / gib:.0f} | "
             f"{'yes' if row['fits'] else 'no'} | {row['flops_per_chip'] / 1e12:.1f} | "

@@ -219,6 +219,15 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def pearson_interval(r: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% (by default) confidence interval of a Pearson r over n pairs by Fisher's z-transform:
+    tanh(atanh(r) -/+ z / sqrt(n - 3)); nan for n <= 3 or |r| = 1, where it is undefined."""
+    if n <= 3 or not abs(r) < 1:
+        return float("nan"), float("nan")
+    centre, half = np.arctanh(r), z / np.sqrt(n - 3)
+    return float(np.tanh(centre - half)), float(np.tanh(centre + half))
+
+
 def wrong_caption(text: str, attribute: str, rng: np.random.Generator) -> str:
     """The caption with one attribute of its first object changed to another value (position: another position,
     or for two objects another relation), so that it is false of the image the caption is true of."""

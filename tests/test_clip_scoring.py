@@ -79,7 +79,9 @@ def test_roc_auc_against_brute_force_and_pearson():
 
 def test_pearson_interval_is_fishers_closed_form_and_covers_the_truth_95_percent_of_the_time():
     assert clip_score.pearson_interval(0.0, 28) == pytest.approx((-np.tanh(0.392), np.tanh(0.392)), abs=1e-5)
-    assert all(np.isnan(clip_score.pearson_interval(0.5, 3))) and all(np.isnan(clip_score.pearson_interval(1.0, 9)))
+    assert all(np.isnan(clip_score.pearson_interval(0.5, 3))) and all(
+        np.isnan(clip_score.pearson_interval(1.0, 9))
+    )
     rng, rho, n, covered = np.random.default_rng(3), 0.6, 12, 0
     cov = [[1, rho], [rho, 1]]
     for _ in range(2000):  # coverage of bivariate-normal samples' intervals: 0.95 up to sampling error
@@ -242,5 +244,7 @@ def test_compare_baselines_reports_clip_score_and_its_correlation_with_the_judge
         runs.append({"eval": {"prompt_sets": sets}})
     lines = compare_baselines._clip_lines(runs, ["holdout"])
     r = clip_score.pearson([60, 70, 80], [0.2, 0.4, 0.9])
-    assert "`clip:x`" in lines[0] and any(line.startswith(f"- holdout prompts: r = {r:.3f} over 3 runs") for line in lines)
+    assert "`clip:x`" in lines[0] and any(
+        line.startswith(f"- holdout prompts: r = {r:.3f} over 3 runs") for line in lines
+    )
     assert compare_baselines._metric(runs[1]["eval"], "holdout", "clip_score") == 70.0

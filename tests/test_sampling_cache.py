@@ -104,7 +104,9 @@ def test_the_unet_sampler_compiles_once_for_a_guidance_sweep_with_the_same_numbe
     assert not np.allclose(swept[2.0], swept[4.0])  # the traced value is used, not baked in
 
 
-def test_the_report_after_training_samples_the_grid_and_the_heldout_prompts_with_one_compilation(tmp_path, capsys):
+def test_the_report_after_training_samples_the_grid_and_the_heldout_prompts_with_one_compilation(
+    tmp_path, capsys
+):
     """The grid (4 prompts) and the held-out set (6) used to be sampled in chunks of their own sizes, compiling the
     sampler twice per report; one shared chunk size compiles it once."""
     config = pathlib.Path(quickstart.__file__).as_posix() + ":tiny"

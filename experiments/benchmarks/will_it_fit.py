@@ -118,16 +118,18 @@ def table() -> str:
     latest: dict[tuple, dict] = {}
     with open(RESULTS, encoding="utf-8") as f:
         for line in f:
-            for row in json.loads(line)["rows"]:
+            record = json.loads(line)
+            for row in record["rows"]:
                 if row["stage"] == "imagen":  # the equivalence check, not a paper stage
                     continue
                 mesh = tuple(row["mesh"][a] for a in ("data", "fsdp", "tensor"))
-                latest[(row["stage"], row["program"], row["topology"], mesh)] = row
+                latest[(row["stage"], row["program"], row["topology"], mesh)] = {**row, "name": record["row"]}
     gib = 2**30
     lines = [
         "| stage | program | compiled for | mesh data x fsdp x tensor | batch (per shard) | stands for (batch 2048) "
-        "| GiB per chip: total (arguments, temporaries) | HBM | fits | TFLOP per chip | ideal step | compile here |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| GiB per chip: total (arguments, temporaries) | HBM | fits | TFLOP per chip | ideal step | compile here "
+        "| reproduce: will_it_fit.py --only |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (stage, program, topology, mesh), row in latest.items():
         memory = row["bytes_per_chip"]
@@ -140,7 +142,7 @@ def table() -> str:
             f"{'>= ' if 'refused' in row else ''}{memory['total'] / gib:.1f} ({memory['arguments'] / gib:.1f}, "
             f"{memory['temporaries'] / gib:.1f}) | {row['hbm_bytes_per_chip'] / gib:.0f} | "
             f"{'yes' if row['fits'] else 'no'} | {row['flops_per_chip'] / 1e12:.1f} | "
-            f"{row['ideal_seconds']:.3f} s | {row['compile_seconds'] / 60:.1f} min |"
+            f"{row['ideal_seconds']:.3f} s | {row['compile_seconds'] / 60:.1f} min | `{row['name']}` |"
         )
     return "\n".join(lines)
 

@@ -4,7 +4,6 @@ the jit cache for the tiny quickstart's U-Net, whose traced guidance gives the n
 
 import functools
 import json
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -13,8 +12,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from imagen_jax import sample
-from imagen_jax.main import main
+from imagen_jax import experiment, sample
 from imagen_jax.models.imagen import ImagenFamily
 
 
@@ -105,25 +103,18 @@ def test_the_unet_sampler_compiles_once_for_a_guidance_sweep_with_the_same_numbe
 
 
 def test_the_report_after_training_samples_the_grid_and_the_heldout_prompts_with_one_compilation(
-    tmp_path, capsys
+    tiny, tmp_path
 ):
     """The grid (4 prompts) and the held-out set (6) used to be sampled in chunks of their own sizes, compiling the
-    sampler twice per report; one shared chunk size compiles it once."""
-    config = pathlib.Path(quickstart.__file__).as_posix() + ":tiny"
+    sampler twice per report; one shared chunk size compiles it once. The report of a tiny quickstart experiment
+    with the fixture's random weights (no training needed)."""
+    config = quickstart.get_config("tiny")
+    config.sample.judge_prompts = 6
+    exp = experiment.build(config, str(tmp_path / "wd"))
     before = sample._compiled_generate._cache_size()
-    code = main(
-        [
-            "imagen_jax.main",
-            "--config",
-            config,
-            "--workdir",
-            str(tmp_path / "wd"),
-            "--config.train.steps=2",
-            "--config.sample.judge_prompts=6",
-        ]
-    )
-    capsys.readouterr()
-    assert code == 0
+    report = sample.sample_and_judge(exp, tiny[1], step=0)
     assert sample._compiled_generate._cache_size() == before + 1
-    report = json.loads((tmp_path / "wd" / "samples" / "step_2.json").read_text())
-    assert report["heldout_judge"]["count"] == 6  # every held-out prompt judged, the padding dropped
+    assert report["grid_judge"]["count"] == 4 and report["heldout_judge"]["count"] == 6  # padding dropped
+    assert (
+        json.loads((tmp_path / "wd" / "samples" / "step_0.json").read_text())["heldout_judge"]["count"] == 6
+    )

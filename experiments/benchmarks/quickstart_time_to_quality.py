@@ -75,6 +75,9 @@ def train(workdir: pathlib.Path, seed: int, every: int, overrides: list[str]) ->
 
 def judge_checkpoints(workdir: pathlib.Path, prompts: int) -> dict[int, dict]:
     """{step: the judge's scores} for every kept checkpoint's EMA parameters (the run's own judge, re-run)."""
+    from imagen_jax import parallel
+
+    parallel.skip_absent_tpu_runtime()  # before JAX starts: stay on the CPU where libtpu is installed for compiles
     import jax
 
     from imagen_jax import experiment, sample

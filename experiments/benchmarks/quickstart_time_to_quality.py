@@ -28,6 +28,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -190,9 +191,11 @@ def main() -> None:
             r for r in rows if r["label"] == args.label and r["minutes"] == r["minutes"]
         ]  # timed rows only
         loads = [x for r in rows for x in (r["loadavg_before"][0], r["loadavg_after"][0])]
+        overrides = " ".join(rows[0].get("overrides", ()))
         title = (
-            f"configs/quickstart.py, held-out judge accuracy ({rows[0]['prompts']} prompts)\n2-core CPU "
-            f"shared with other jobs (1-minute load average {min(loads):.0f}-{max(loads):.0f} at start and end)"
+            textwrap.fill(f"configs/quickstart.py {overrides}".strip(), 110)
+            + f"\nheld-out judge accuracy ({rows[0]['prompts']} prompts)\n2-core CPU, 1-minute load average "
+            f"{min(loads):.0f}-{max(loads):.0f} at start and end"
         )
         plot(rows, args.plot, title)
 

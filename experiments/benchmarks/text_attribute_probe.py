@@ -25,10 +25,10 @@ import pathlib
 import sys
 import tempfile
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
-ATTRIBUTES = ("shape", "colour", "size", "position")
 
 
 def ridge_probe_accuracy(
@@ -36,8 +36,6 @@ def ridge_probe_accuracy(
 ) -> tuple[float, float]:
     """(train accuracy, test accuracy) of a one-vs-all ridge regression on standardised features.
     train_x [N, F], train_y [N] ints in [0, num_classes)."""
-    import numpy as np
-
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     a, b = (train_x - mean) / std, (test_x - mean) / std
     weights = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ np.eye(num_classes)[train_y])
@@ -60,8 +58,6 @@ def main() -> None:
     from imagen_jax import parallel
 
     parallel.skip_absent_tpu_runtime()  # before JAX starts: stay on the CPU where libtpu is installed for compiles
-    import numpy as np
-
     from imagen_jax import experiment
     from imagen_jax import workdir as workdir_lib
     from imagen_jax.data import shapes
@@ -71,9 +67,8 @@ def main() -> None:
         raise SystemExit(
             "text_attribute_probe.py reads one-object captions: use a config with data.max_objects=1."
         )
-    with (
-        tempfile.TemporaryDirectory() as workdir
-    ):  # the built-in encoder trains its tokenizer into the workdir
+    # the built-in encoder trains its tokenizer into the workdir
+    with tempfile.TemporaryDirectory() as workdir:
         exp = experiment.build(config, workdir)
         train = exp.dataset.prompts(args.train_prompts, split="train", seed=1)
         heldout = exp.dataset.prompts(args.heldout_prompts, split="holdout", seed=2)
@@ -87,12 +82,7 @@ def main() -> None:
             }
 
         train_x, heldout_x = features(train), features(heldout)
-    values = {
-        "shape": shapes.SHAPES,
-        "colour": tuple(shapes.COLOURS),
-        "size": shapes.SIZES,
-        "position": shapes.POSITIONS,
-    }
+    values = shapes.ATTRIBUTE_VALUES
 
     def labels(prompts, attribute):
         return np.array(
@@ -102,7 +92,7 @@ def main() -> None:
     result = {"config": args.config, "date": datetime.date.today().isoformat(), "ridge": args.ridge}
     result.update(train_prompts=len(train), heldout_prompts=len(heldout), probes={})
     for kind in ("pooled", "tokens"):
-        for attribute in ATTRIBUTES:
+        for attribute in values:
             train_acc, heldout_acc = ridge_probe_accuracy(
                 train_x[kind],
                 labels(train, attribute),

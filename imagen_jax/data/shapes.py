@@ -37,6 +37,13 @@ BACKGROUND: tuple[int, int, int] = (24, 24, 24)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "centre")
+# An object's attributes and the values each takes (the feature network's heads, the probes' classes).
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "colour": tuple(COLOURS),
+    "size": SIZES,
+    "position": POSITIONS,
+}
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
 POSITION_PHRASES: dict[str, str] = {
     "left": "on the left",

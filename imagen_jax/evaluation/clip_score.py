@@ -236,12 +236,7 @@ def wrong_caption(text: str, attribute: str, rng: np.random.Generator) -> str:
     other = lambda values, now: [v for v in values if v != now][rng.integers(len(values) - 1)]
     if attribute == "position" and scene.relation is not None:
         return shapes.caption(dataclasses.replace(scene, relation=other(shapes.RELATIONS, scene.relation)))
-    values = {
-        "colour": tuple(shapes.COLOURS),
-        "shape": shapes.SHAPES,
-        "size": shapes.SIZES,
-        "position": shapes.POSITIONS,
-    }[attribute]
+    values = shapes.ATTRIBUTE_VALUES[attribute]
     if attribute == "colour" and len(scene.objects) == 2:  # two objects keep two colours
         values = tuple(c for c in values if c != scene.objects[1].colour)
     changed = dataclasses.replace(first, **{attribute: other(values, getattr(first, attribute))})

@@ -30,12 +30,7 @@ from flax import serialization
 from imagen_jax.data import shapes
 
 VERSION = 2  # bump when the network or its training changes: old caches are then ignored
-HEADS: dict[str, tuple[str, ...]] = {
-    "shape": shapes.SHAPES,
-    "colour": tuple(shapes.COLOURS),
-    "size": shapes.SIZES,
-    "position": shapes.POSITIONS,
-}
+HEADS: dict[str, tuple[str, ...]] = shapes.ATTRIBUTE_VALUES
 
 
 def default_cache_dir() -> str:

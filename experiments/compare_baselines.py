@@ -377,10 +377,10 @@ def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
         ]
         r_value = pearson([a for a, _ in pairs], [b for _, b in pairs])
         low, high = pearson_interval(r_value, len(pairs))
-        lines.append(
-            f"- {split} prompts: r = {r_value:.3f} over {len(pairs)} runs (95% interval by Fisher's z: "
-            f"{low:.2f} to {high:.2f})"
-        )
+        interval = (
+            f" (95% interval by Fisher's z: {low:.2f} to {high:.2f})" if low == low else ""
+        )  # nan: n <= 3
+        lines.append(f"- {split} prompts: r = {r_value:.3f} over {len(pairs)} runs{interval}")
     return lines + [""]
 
 

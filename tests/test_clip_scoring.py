@@ -244,7 +244,14 @@ def test_compare_baselines_reports_clip_score_and_its_correlation_with_the_judge
         runs.append({"eval": {"prompt_sets": sets}})
     lines = compare_baselines._clip_lines(runs, ["holdout"])
     r = clip_score.pearson([60, 70, 80], [0.2, 0.4, 0.9])
-    assert "`clip:x`" in lines[0] and any(
-        line.startswith(f"- holdout prompts: r = {r:.3f} over 3 runs") for line in lines
+    assert "`clip:x`" in lines[0] and f"- holdout prompts: r = {r:.3f} over 3 runs" in lines
+    runs.append(
+        {"eval": {"prompt_sets": {"holdout": {"clip_score": {"mean": 75.0}, "alignment": {"all": 0.5}}}}}
+    )
+    r4 = clip_score.pearson([60, 70, 80, 75], [0.2, 0.4, 0.9, 0.5])
+    low, high = clip_score.pearson_interval(r4, 4)
+    assert (
+        f"- holdout prompts: r = {r4:.3f} over 4 runs (95% interval by Fisher's z: {low:.2f} to {high:.2f})"
+        in (compare_baselines._clip_lines(runs, ["holdout"]))
     )
     assert compare_baselines._metric(runs[1]["eval"], "holdout", "clip_score") == 70.0

@@ -5,7 +5,8 @@ one ridge-regression probe per attribute (shape, colour, size, position; one-hot
 W = (X^T X + lambda I)^-1 X^T Y on standardised features) on the embeddings of training-split captions, and reports
 its accuracy on captions of the held-out colour-shape pairs, for two feature sets:
 
-- pooled: the mask-weighted mean of the token embeddings [D], what the U-Net's conditioning vector is built from;
+- pooled: the mask-weighted mean of the token embeddings [D] (the U-Net's conditioning vector pools the tokens
+  with learned attention instead; a mean is the least a pooling can keep);
 - tokens: every token embedding, flattened [L * D], what the U-Net's attention over text tokens sees.
 
 Accuracy near 1 on the held-out captions means the encoder separates the attribute on unseen pairs, so a model that

@@ -18,7 +18,7 @@ from imagen_jax.config_files import parse_arg, sibling
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, tiny=False)
     # the quickstart's data, text, sample and mesh sections: the same captions and frozen text encoder
-    c = sibling(__file__, "quickstart").get_config("tiny" if variant.tiny else None)
+    c = sibling(__file__, "shapes_base").get_config("tiny" if variant.tiny else None)
     c.family = "clip"
     del c.diffusion, c.eval
 

@@ -13,7 +13,7 @@ from imagen_jax.config_files import parse_arg, sibling
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, tiny=False)
     # The quickstart's data, text encoder, sampling prompts, mesh and distributed sections, unchanged.
-    quick = sibling(__file__, "quickstart").get_config(arg)
+    quick = sibling(__file__, "shapes_base").get_config(arg)
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | sample | describe
     c.seed = 0

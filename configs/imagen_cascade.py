@@ -88,7 +88,7 @@ def cascade_sample_section(prompts: tuple[str, ...]) -> ml_collections.ConfigDic
 def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collections.ConfigDict:
     variant = parse_arg(arg, tiny=False)
     # the shared sections: data, text, train, mesh, distributed
-    c = sibling(__file__, "quickstart").get_config()
+    c = sibling(__file__, "shapes_base").get_config()
     del c.model, c.diffusion
     c.train_stage = train_stage
     c.cascade = STAGES
@@ -161,7 +161,7 @@ def get_config(arg: str | None = None, train_stage: str = "base64") -> ml_collec
     )
 
     if variant.tiny:  # the same cascade at 8 -> 16 -> 32 and tiny widths, seconds long, for tests
-        tiny = sibling(__file__, "quickstart").get_config("tiny")
+        tiny = sibling(__file__, "shapes_base").get_config("tiny")
         c.text, c.train = tiny.text, tiny.train
         c.data.image_size = 32
         c.sample.prompts, c.sample.num_per_prompt = tiny.sample.prompts, 1

@@ -13,7 +13,7 @@ from imagen_jax.config_files import parse_arg, sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, tiny=False)
-    c = sibling(__file__, "quickstart").get_config(arg)
+    c = sibling(__file__, "shapes_base").get_config(arg)
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"
     c.data.crop = "random"

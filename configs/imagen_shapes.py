@@ -12,4 +12,4 @@ from imagen_jax.config_files import sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return sibling(__file__, "quickstart").get_config(arg)
+    return sibling(__file__, "shapes_base").get_config(arg)

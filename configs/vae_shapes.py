@@ -25,7 +25,7 @@ VARIANTS = dict(tiny=False, vq=False, logistic=False)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, **VARIANTS)
     # the quickstart's data, text, train, sample and mesh sections
-    c = sibling(__file__, "quickstart").get_config("tiny" if variant.tiny else None)
+    c = sibling(__file__, "shapes_base").get_config("tiny" if variant.tiny else None)
     c.family = "vae"
     del c.diffusion
 

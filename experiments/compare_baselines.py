@@ -1,7 +1,7 @@
 """Imagen vs GAN vs VAE on equal terms: every (config x seed) trained on the same budget, evaluated with the same
 prompts, reference images, feature space and metrics, summarised as mean +- 95% CI (Student t) over seeds.
 
-    python experiments/compare_baselines.py --configs configs/quickstart.py,configs/gan_shapes.py,configs/vae_shapes.py \
+    python experiments/compare_baselines.py --configs configs/imagen_shapes.py,configs/gan_shapes.py,configs/vae_shapes.py \
         --seeds 3 --budget_images 64000 --out experiments/baselines
 
 Budget (one of): --budget_images N (the same number of training images for every model: steps = N / batch),
@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-DEFAULT_CONFIGS = "configs/quickstart.py,configs/gan_shapes.py,configs/vae_shapes.py"
+DEFAULT_CONFIGS = "configs/imagen_shapes.py,configs/gan_shapes.py,configs/vae_shapes.py"
 # Per-family sampling sweeps when a config's eval section names none (FID-vs-alignment curves).
 DEFAULT_SWEEPS = {
     "imagen": ("guidance_scale", (1.0, 3.0, 5.0)),

@@ -202,7 +202,7 @@ def test_sample_and_eval_with_another_config_name_the_keys_and_keep_the_checkpoi
     )  # the full-size quickstart, not the :tiny one trained here
     for mode in ("sample", "eval"):
         line = _refused(capsys, "--config", other, "--workdir", str(copy), f"--config.mode={mode}")
-        assert "another experiment" in line and "data.image_size: 16 -> 32" in line
+        assert "another experiment" in line and "text.t5.d_model: 32 -> 64" in line
         assert "Delete" not in line and "cannot be read" not in line
     line = _refused(capsys, "--workdir", str(copy), "--config.mode=sample", "--config.model.dim=16")
     assert "model.dim: 8 -> 16" in line and "Delete" not in line

@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="sessions per mode, each in a fresh process")
     parser.add_argument(
-        "--config", default=os.path.join(os.path.dirname(__file__), "../../configs/quickstart.py")
+        "--config", default=os.path.join(os.path.dirname(__file__), "../../configs/shapes_base.py")
     )
     parser.add_argument("--out", default="")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one session of this mode

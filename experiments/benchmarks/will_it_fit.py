@@ -46,8 +46,8 @@ ROWS = {
     "base64_v5p": ("imagen_base64.py", "base64", "v5p:2x2x1", ("--config.compile.batch_size=64",), _ALL[:1]),
     "sr256_v5p": ("imagen_sr256.py", "sr256", "v5p:2x2x1", ("--config.compile.batch_size=64",), _ALL[:1]),
     "sr1024_v5p": ("imagen_sr1024.py", "sr1024", "v5p:2x2x1", ("--config.compile.batch_size=64",), _ALL[:1]),
-    "equivalence_4": ("quickstart.py", "", "v5e:2x2", ("--config.compile.batch_size=8",), _ALL[:1]),
-    "equivalence_16": ("quickstart.py", "", "v5e:4x4", ("--config.compile.batch_size=32",), _ALL[:1]),
+    "equivalence_4": ("shapes_base.py", "", "v5e:2x2", ("--config.compile.batch_size=8",), _ALL[:1]),
+    "equivalence_16": ("shapes_base.py", "", "v5e:4x4", ("--config.compile.batch_size=32",), _ALL[:1]),
 }
 
 

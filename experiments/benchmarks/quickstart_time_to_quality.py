@@ -51,6 +51,7 @@ def train(workdir: pathlib.Path, seed: int, every: int, overrides: list[str]) ->
         *[f"--config.{o}" for o in overrides],
     ]
     log_path = workdir.parent / f"{workdir.name}.log"
+    cpu_before = cpu_times()
     appeared: dict[int, float] = {}
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -62,6 +63,7 @@ def train(workdir: pathlib.Path, seed: int, every: int, overrides: list[str]) ->
                 if name.isdigit() and int(name) not in appeared:
                     appeared[int(name)] = time.perf_counter() - start
     total = time.perf_counter() - start
+    cpu_after = cpu_times()
     output = log_path.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"the quickstart failed ({proc.returncode}); see {log_path}:\n{output[-2000:]}")
@@ -71,7 +73,27 @@ def train(workdir: pathlib.Path, seed: int, every: int, overrides: list[str]) ->
         "total_seconds": total,
         "checkpoint_seconds": appeared,
         "run_heldout": float(match.group(1)) if match else None,
+        "steal": steal_fraction(cpu_before, cpu_after),
     }
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat's first line, in ticks), or None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return None
+
+
+def steal_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other machines between two cpu_times() readings (the 8th
+    counter, "steal"): a run on a virtual machine whose host is busy is slower than the same run on an idle one,
+    whatever its own load average says."""
+    if before is None or after is None or len(before) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])
+    return round((after[7] - before[7]) / total, 3) if total else None
 
 
 def judge_checkpoints(workdir: pathlib.Path, prompts: int) -> dict[int, dict]:
@@ -177,6 +199,7 @@ def main() -> None:
                     "command_heldout": run["run_heldout"],
                     "overrides": args.override,
                     "prompts": args.prompts,
+                    "steal": run.get("steal"),
                     "loadavg_before": [round(x, 2) for x in load],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

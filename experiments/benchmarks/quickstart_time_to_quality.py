@@ -111,12 +111,15 @@ def judge_checkpoints(workdir: pathlib.Path, prompts: int) -> dict[int, dict]:
     exp = experiment.build(config, str(workdir))
     heldout = exp.dataset.prompts(prompts, split="holdout", seed=config.sample.seed)
     rng = jax.random.fold_in(jax.random.key(config.sample.seed), 1)  # as sample_and_judge's held-out judge
+    # and its chunk, since the noise is drawn per chunk (rows before 2026-12-03 09:30 used SAMPLE_CHUNK)
+    grid = len(config.sample.prompts) * int(config.sample.num_per_prompt)
+    chunk = min(sample.SAMPLE_CHUNK, grid, int(config.sample.judge_prompts) or sample.SAMPLE_CHUNK)
     checkpointer = exp.checkpointer()
     scores = {}
     try:
         for step in checkpointer.all_steps():
             state, _ = exp.restore(checkpointer, step)
-            images = sample.generate_for_prompts(exp, state.ema_params, heldout, rng)
+            images = sample.generate_for_prompts(exp, state.ema_params, heldout, rng, chunk=chunk)
             scores[step] = judge_accuracy(images, heldout)
     finally:
         checkpointer.close()

@@ -177,6 +177,13 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
+def report_chunk(grid_prompts: int, judged_prompts: int) -> int:
+    """Prompts per sampling call in the report after training: one chunk size for the grid and the held-out prompts
+    (0: none judged), so the sampler compiles once per report, not twice. The noise is drawn per chunk, so a re-judge
+    of the report's held-out samples must use the same chunk."""
+    return min(SAMPLE_CHUNK, grid_prompts, *([judged_prompts] if judged_prompts else []))
+
+
 def sample_and_judge(
     exp: Experiment,
     params: PyTree,
@@ -201,8 +208,7 @@ def sample_and_judge(
     edit_options = edit.options() if edit else {}
     generate = rerank.reranking(generate_for_prompts, sample)  # sample.rerank > 1: best of N by CLIP score
     judged = edit is None and bool(sample.judge_prompts)
-    # One chunk size for the grid and the held-out prompts, so the sampler compiles once per report, not twice.
-    chunk = min(SAMPLE_CHUNK, len(grid_prompts), *([int(sample.judge_prompts)] if judged else []))
+    chunk = report_chunk(len(grid_prompts), int(sample.judge_prompts) if judged else 0)
     grid_images = generate(
         exp, params, grid_prompts, jax.random.fold_in(rng, 0), chunk=chunk, **options, **edit_options
     )

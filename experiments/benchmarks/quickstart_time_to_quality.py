@@ -113,7 +113,7 @@ def judge_checkpoints(workdir: pathlib.Path, prompts: int) -> dict[int, dict]:
     rng = jax.random.fold_in(jax.random.key(config.sample.seed), 1)  # as sample_and_judge's held-out judge
     # and its chunk, since the noise is drawn per chunk (rows before 2026-12-03 09:30 used SAMPLE_CHUNK)
     grid = len(config.sample.prompts) * int(config.sample.num_per_prompt)
-    chunk = min(sample.SAMPLE_CHUNK, grid, int(config.sample.judge_prompts) or sample.SAMPLE_CHUNK)
+    chunk = sample.report_chunk(grid, int(config.sample.judge_prompts))
     checkpointer = exp.checkpointer()
     scores = {}
     try:

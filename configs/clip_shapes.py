@@ -1,4 +1,4 @@
-"""A CLIP trained on the built-in shapes data (family "clip"): the quickstart's data, frozen text encoder, trainer
+"""A CLIP trained on the built-in shapes data (family "clip"): shapes_base's data, frozen text encoder, trainer
 and checkpoints, a small ViT over the 32x32 images and a transformer over the text encoder's token embeddings,
 symmetric InfoNCE with a learned temperature (imagen_jax/models/contrastive.py).
 
@@ -17,7 +17,7 @@ from imagen_jax.config_files import parse_arg, sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, tiny=False)
-    # the quickstart's data, text, sample and mesh sections: the same captions and frozen text encoder
+    # shapes_base's data, text, sample and mesh sections: the same captions and frozen text encoder
     c = sibling(__file__, "shapes_base").get_config("tiny" if variant.tiny else None)
     c.family = "clip"
     del c.diffusion, c.eval

@@ -1,4 +1,4 @@
-"""GAN baseline on the built-in shapes data: a DF-GAN-style text-conditional GAN at the quickstart's resolution (32)
+"""GAN baseline on the built-in shapes data: a DF-GAN-style text-conditional GAN at shapes_base's resolution (32)
 with the same frozen text encoder, data and sampling prompts, so that its judge accuracy compares with Imagen's.
 
 python -m imagen_jax.main --config configs/gan_shapes.py --workdir /tmp/gan
@@ -12,7 +12,7 @@ from imagen_jax.config_files import parse_arg, sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, tiny=False)
-    # The quickstart's data, text encoder, sampling prompts, mesh and distributed sections, unchanged.
+    # shapes_base's data, text encoder, sampling prompts, mesh and distributed sections, unchanged.
     quick = sibling(__file__, "shapes_base").get_config(arg)
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | sample | describe
@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = quick.mesh
     c.distributed = quick.distributed
 
-    if variant.tiny:  # the quickstart's tiny data and text encoder (16px), a tiny GAN, 4 steps
+    if variant.tiny:  # shapes_base's tiny data and text encoder (16px), a tiny GAN, 4 steps
         c.model.generator.noise_dim = 8
         c.model.generator.dim = 8
         c.model.generator.channel_mult = (1, 2, 2)  # 16, 8, 4

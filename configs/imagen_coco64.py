@@ -1,6 +1,6 @@
 """A 64x64 text-to-image Imagen stage (81M parameters) on COCO captions from a prepared TFDS directory (nothing is
 downloaded; prepare it once with `pip install tensorflow && tfds build coco_captions --data_dir=/data/tfds
---file_format=array_record`). The quickstart's model one level deeper and wider, random crops and flips.
+--file_format=array_record`). shapes_base's model one level deeper and wider, random crops and flips.
 
 python -m imagen_jax.main --config configs/imagen_coco64.py --workdir /tmp/imagen_coco64 \
     --config.data.tfds_data_dir=/data/tfds [--config.text.pretrained_dir=/data/t5-v1_1-base]

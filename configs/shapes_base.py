@@ -77,8 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.warmup_steps = 100
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.99  # 0.99**500 < 1%: the EMA forgets the random init within this short run
-    # true: decay min(ema_decay, (1 + t) / (10 + t)), so early samples never lag far behind; off here until an
-    # ablation on the judge shows it helps this recipe (experiments/benchmarks/README.md, issue 19)
+    # true: decay min(ema_decay, (1 + t) / (10 + t)), so early samples never lag far behind; off here, as this
+    # recipe was measured (the 16x16 quickstart's ablation found it helps there: experiments/benchmarks/README.md)
     c.train.ema_warmup = False
     c.train.log_every = 25
     c.train.checkpoint_every = 250

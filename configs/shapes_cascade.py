@@ -25,8 +25,8 @@ STAGE_TRAIN = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # stage: the one this run trains (:sr32 or :stage=sr32); tiny: 8 -> 16 at tiny widths
     variant = parse_arg(arg, stage=tuple(STAGE_TRAIN), tiny=False)
-    quickstart = sibling(__file__, "shapes_base")
-    c = quickstart.get_config("tiny" if variant.tiny else None)  # data, text, train, mesh, distributed
+    shapes_base = sibling(__file__, "shapes_base")
+    c = shapes_base.get_config("tiny" if variant.tiny else None)  # data, text, train, mesh, distributed
     base_model, base_diffusion, base_sample = c.model, c.diffusion, c.sample
     # The recipe measured for this cascade (2026-11-30 / 12-02), kept when the quickstart's own changed (issue 19):
     # base16 the base U-Net, uniform loss weighting, Adam at 1e-3, an EMA without warm-up.

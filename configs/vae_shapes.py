@@ -1,5 +1,5 @@
 """A text-conditional VAE baseline (one 32x32 model) on the built-in shapes data, CPU-sized: the same data, text
-encoder, training loop, sampling and judge as configs/quickstart.py, with the VAE family instead of Imagen.
+encoder, training loop, sampling and judge as configs/shapes_base.py, with the VAE family instead of Imagen.
 
 python -m imagen_jax.main --config configs/vae_shapes.py --workdir /tmp/vae
 python -m imagen_jax.main --config configs/vae_shapes.py:vq --workdir /tmp/vq          # the VQ-VAE variant
@@ -24,7 +24,7 @@ VARIANTS = dict(tiny=False, vq=False, logistic=False)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, **VARIANTS)
-    # the quickstart's data, text, train, sample and mesh sections
+    # shapes_base's data, text, train, sample and mesh sections
     c = sibling(__file__, "shapes_base").get_config("tiny" if variant.tiny else None)
     c.family = "vae"
     del c.diffusion

@@ -99,7 +99,8 @@ def all_finite(*trees: PyTree) -> jax.Array:
     the same. Why the norm: a flag per leaf joined by `and` (or a plain sum) is a chain of cheap scalar ops that
     XLA copies into every parameter's update fusion selecting on it, O(leaves^2) instructions (148k of the
     quickstart's train step; experiments/benchmarks/train_step_compile.py times its compile both ways); a square
-    root is an op XLA does not copy, and it is the norm gradient clipping computes, so XLA computes it once."""
+    root is an op XLA does not copy, so the chain is computed once. It costs one pass over the checked values, like
+    the global norm gradient clipping takes (a separate one: the checked values include the loss)."""
     leaves = [leaf for tree in trees for leaf in jax.tree.leaves(tree)]
     squares = sum(jnp.sum(jnp.square(jnp.asarray(leaf, jnp.float32))) for leaf in leaves)
     return jnp.isfinite(jnp.sqrt(squares))

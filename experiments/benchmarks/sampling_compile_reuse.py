@@ -25,10 +25,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+
+import fresh_process  # this folder: run as a script, it is on sys.path
 
 CALLS = (("grid", 32, 64, 3.0), ("heldout", 64, 64, 3.0), ("sweep", 64, 64, 5.0), ("sweep", 64, 64, 7.0))
 
@@ -101,21 +101,16 @@ def main() -> None:
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one session of this mode
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(session(args.one, args.config)), flush=True)
+        fresh_process.emit(session(args.one, args.config))
         return
 
     rows = []
     for repeat in range(args.repeats):
         for mode in ("before", "after"):  # interleaved, so a change in the machine's load hits both
             load = os.getloadavg()
-            done = subprocess.run(
-                [sys.executable, __file__, "--one", mode, "--config", args.config],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-            row = json.loads(line[len("RESULT ") :]) | {"repeat": repeat}
+            row = fresh_process.child_result(__file__, "--one", mode, "--config", args.config) | {
+                "repeat": repeat
+            }
             row["loadavg_before"] = [round(x, 2) for x in load]
             row["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(row), flush=True)

@@ -17,9 +17,10 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
+
+import fresh_process  # this folder: run as a script, it is on sys.path
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 GUARDS = ("global_norm", "per_leaf_and")
@@ -89,19 +90,12 @@ def main() -> None:
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.steps)), flush=True)
+        fresh_process.emit(measure(args.child, args.steps))
         return
     rows = []
     for run in range(args.runs):
         for guard in GUARDS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", guard, "--steps", str(args.steps)],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            row = json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
+            row = fresh_process.child_result(__file__, "--child", guard, "--steps", str(args.steps))
             rows.append(dict(row, run=run))
             print(json.dumps(rows[-1]), flush=True)
     summary = {}

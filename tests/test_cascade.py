@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import imagen_base64, imagen_sr256, imagen_sr1024, quickstart, shapes_cascade
+from configs import (
+    imagen_base64,
+    imagen_sr256,
+    imagen_sr1024,
+    quickstart,
+    shapes_cascade,
+    shapes_cascade64,
+)
 from imagen_jax.main import main
 from imagen_jax.models.imagen import ImagenFamily
 
@@ -97,8 +104,13 @@ def test_paper_stages_run_every_block_at_the_papers_resolution(module):
 
 @pytest.mark.parametrize(
     "config",
-    [quickstart.get_config("tiny"), shapes_cascade.get_config("tiny"), imagen_base64.get_config("tiny")],
-    ids=["quickstart", "shapes_cascade", "imagen"],
+    [
+        quickstart.get_config("tiny"),
+        shapes_cascade.get_config("tiny"),
+        shapes_cascade64.get_config("tiny"),
+        imagen_base64.get_config("tiny"),
+    ],
+    ids=["quickstart", "shapes_cascade", "shapes_cascade64", "imagen"],
 )
 def test_every_stage_of_every_tiny_config_has_the_right_output_shape(config):
     for stage in ImagenFamily.from_config(config).stages:
@@ -106,14 +118,22 @@ def test_every_stage_of_every_tiny_config_has_the_right_output_shape(config):
         assert out_shape == (1, stage.train_crop, stage.train_crop, 3), stage.name
 
 
-@pytest.mark.parametrize("variant, stage", [(None, "base16"), ("sr32", "sr32")])
-def test_shapes_cascade_recipe_trains_each_stage_long_enough_for_its_ema(variant, stage):
+@pytest.mark.parametrize(
+    "module, stage",
+    [
+        (shapes_cascade, "base16"),
+        (shapes_cascade, "sr32"),
+        (shapes_cascade64, "base16"),
+        (shapes_cascade64, "sr64"),
+    ],
+)
+def test_shapes_cascade_recipe_trains_each_stage_long_enough_for_its_ema(module, stage):
     """Sampling reads the EMA weights: by the end of each stage's run they must have forgotten the first
     steps' parameters (weight decay**steps on the initial ones, < 1%); 0.999 for 2000 SR steps left 14%."""
-    train = shapes_cascade.get_config(variant).train
-    assert shapes_cascade.get_config(variant).train_stage == stage
-    assert (train.steps, train.ema_decay) == tuple(shapes_cascade.STAGE_TRAIN[stage].values())
-    assert train.ema_decay**train.steps < 0.01
+    config = module.get_config(None if stage == "base16" else stage)
+    assert config.train_stage == stage
+    assert {k: config.train[k] for k in module.STAGE_TRAIN[stage]} == module.STAGE_TRAIN[stage]
+    assert config.train.ema_decay**config.train.steps < 0.01
 
 
 def test_sr_training_inputs_are_crops_with_their_own_downsampled_condition():
@@ -244,3 +264,21 @@ def test_cascade_end_to_end_stage_by_stage_on_the_command_line(tmp_path, capsys)
         capsys, "--config", tiny, "--workdir", str(workdir), "--config.stages.sr32.model.dim=16"
     )
     assert code == 2 and "stages.sr32.model.dim" in err
+
+
+def test_shapes_cascade64_tiny_trains_both_stages_and_samples_at_4x(tmp_path, capsys):
+    """The 4x SR stage (the paper's ratio): trained on crops whose low-res is a quarter their side, sampled on
+    the base's whole images; both stages' grids written."""
+    config = str(CONFIGS / "shapes_cascade64.py")
+    workdir = tmp_path / "wd"
+    fast = ("--config.train.steps=2", "--config.sample.judge_prompts=0")
+    code, _, err = _run(capsys, "--config", config + ":tiny", "--workdir", str(workdir), *fast)
+    assert code == 0, err
+    code, out, err = _run(capsys, "--config", config + ":sr64,tiny", "--workdir", str(workdir), *fast)
+    assert code == 0, err
+    assert "stage base16 (step 2)" in out and "stage sr64 (step 2)" in out
+    family = ImagenFamily.from_config(shapes_cascade64.get_config("sr64,tiny"))
+    sr = family.stage("sr64")
+    assert (sr.image_size // sr.lowres_size, sr.train_crop) == (4, 16)
+    for name in ("base16", "sr64"):
+        assert (workdir / "samples" / f"cascade_{name}.png").exists()

@@ -1,0 +1,86 @@
+"""A two-stage cascade on the built-in shapes ending at 64x64, CPU-sized: a 16x16 text-to-image base and a
+16 -> 64 SR stage (4x, the paper's ratio: 64 -> 256 -> 1024).
+
+Each run trains one stage in the same workdir (config.train_stage); sampling runs the whole cascade:
+python -m imagen_jax.main --config configs/shapes_cascade64.py --workdir /tmp/sc64         # base16
+python -m imagen_jax.main --config configs/shapes_cascade64.py:sr64 --workdir /tmp/sc64    # sr64
+python -m imagen_jax.main --config.mode=sample --workdir /tmp/sc64 --prompt "a large red circle at the top"
+The stages train independently (the SR stage on real images' low-res crops); run base16 first, so that the sr64
+command ends by sampling and judging the whole cascade. Tiny variant (8 -> 32, seconds): :tiny (and :sr64,tiny).
+
+base16 is the quickstart's network and recipe (configs/quickstart.py) for 1500 steps, on the 64x64 renders
+downsampled. sr64 is a base U-Net (efficient=False: its first level runs at the full resolution of its 32x32
+crops), dim 16, levels at 32/16/8 on the crops; it costs what the Efficient U-Net of dim 32 costs (levels at
+16/8/4), and draws cleaner edges: the cascade's held-out judge accuracy at 64x64 was 0.867 against 0.637 for the
+Efficient U-Net (README "Cascade", experiments/benchmarks/README.md "shapes cascade at 64 px").
+"""
+
+import ml_collections
+
+from imagen_jax.config_files import parse_arg, sibling
+
+# Training length, learning rate and EMA per stage (flags still override them).
+STAGE_TRAIN = {
+    "base16": dict(steps=1500, learning_rate=2e-3, ema_decay=0.995),
+    "sr64": dict(steps=2000, learning_rate=1e-3, ema_decay=0.995),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    # stage: the one this run trains (:sr64 or :stage=sr64); tiny: 8 -> 32 at tiny widths
+    variant = parse_arg(arg, stage=tuple(STAGE_TRAIN), tiny=False)
+    quickstart = sibling(__file__, "quickstart")
+    c = quickstart.get_config("tiny" if variant.tiny else None)  # data, text, train, mesh, distributed
+    base_model, base_diffusion, base_sample = c.model, c.diffusion, c.sample
+    del c.model, c.diffusion
+    c.train_stage = variant.stage
+    c.cascade = ("base16", "sr64")
+    c.data.image_size = 64
+    c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
+    c.sample.judge_prompts = base_sample.judge_prompts
+    how = lambda **extra: ml_collections.ConfigDict(
+        {k: base_sample[k] for k in ("sampler", "steps", "guidance_scale", "thresholding")}
+        | {"dynamic_threshold_percentile": base_sample.dynamic_threshold_percentile}
+        | extra
+    )
+
+    c.stages = ml_collections.ConfigDict()
+    c.stages.base16 = ml_collections.ConfigDict(
+        dict(
+            image_size=16,
+            lowres_size=0,
+            train_crop=0,
+            model=base_model,
+            diffusion=base_diffusion,
+            sample=how(),
+        )
+    )
+    sr_model = ml_collections.ConfigDict(base_model.to_dict())
+    sr_model.update(dict(dim=16, channel_mult=(1, 2, 4), num_res_blocks=(1, 2, 2), attn_levels=(2,)))
+    sr_model.efficient = False
+    sr_diffusion = ml_collections.ConfigDict(base_diffusion.to_dict())
+    sr_diffusion.loss_weighting = "uniform"
+    c.stages.sr64 = ml_collections.ConfigDict(
+        dict(
+            image_size=64,
+            lowres_size=16,
+            train_crop=32,  # random 32x32 crops of the 64x64 image, conditioned on their 8x8 low-res
+            model=sr_model,
+            diffusion=sr_diffusion,
+            augmentation=ml_collections.ConfigDict(dict(schedule="cosine", max_level=0.5)),
+            sample=how(steps=10, guidance_scale=1.0, aug_level=0.1),
+        )
+    )
+
+    if not variant.tiny:
+        c.train.update(dict(batch_size=64, checkpoint_every=500, keep_every=500, log_every=100))
+        c.train.update(STAGE_TRAIN[c.train_stage])
+        c.sample.judge_prompts = 256  # held-out prompts judged after each stage's training
+    else:  # 8 -> 32 at tiny widths, seconds long, for tests
+        c.data.image_size = 32
+        c.stages.base16.image_size = 8
+        c.stages.sr64.update(dict(image_size=32, lowres_size=8, train_crop=16))
+        c.stages.sr64.model.update(dict(dim=8, channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(1,)))
+        c.stages.sr64.model.update(dict(cross_attn_levels=(), head_dim=8, cond_dim=32))
+        c.stages.sr64.sample.steps = 2
+    return c

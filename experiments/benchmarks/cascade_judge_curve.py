@@ -10,13 +10,24 @@ python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc --stage b
 python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc --stage sr32 --real_lowres --raw \
     --out experiments/benchmarks/results/shapes_cascade_judge_curve.jsonl
 
-Prints (and appends to --out) one JSON line per (checkpoint, weights, inputs).
+Prints (and appends to --out) one JSON line per (checkpoint, weights, inputs). With --started (the stage's
+training command's launch, a Unix time or an ISO date) each row also gets the training minutes of the cascade at
+that checkpoint: --earlier_minutes (the earlier stages' whole commands) plus the minutes from the launch to the
+checkpoint's write. --plot draws the rows of --out for --stage (from text, EMA) against those minutes, each point
+with its 95% binomial interval:
+
+python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc64 --stage sr64 --real_lowres \
+    --started 2026-12-03T11:59:04 --earlier_minutes 17.2 \
+    --out experiments/benchmarks/results/shapes_cascade64_judge_curve.jsonl \
+    --plot experiments/benchmarks/results/shapes_cascade64_time_to_quality.png
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import time
 
 import jax
@@ -41,7 +52,17 @@ def main() -> None:
     parser.add_argument("--real_lowres", action="store_true", help="SR stage: also from real low-res images")
     parser.add_argument("--raw", action="store_true", help="also judge the raw (non-EMA) weights")
     parser.add_argument("--out", default="", help="a .jsonl file the rows are appended to")
+    parser.add_argument("--started", default="", help="the stage command's launch: Unix seconds or ISO date")
+    parser.add_argument(
+        "--earlier_minutes", type=float, default=0.0, help="the earlier stages' training minutes"
+    )
+    parser.add_argument("--goal", default="0.95,60", help="accuracy,minutes drawn as dashed lines on --plot")
+    parser.add_argument("--plot", default="", help="a .png of --out's rows for --stage against their minutes")
+    parser.add_argument("--plot_only", action="store_true", help="redraw --plot from --out, judge nothing")
     args = parser.parse_args()
+    if args.plot_only:
+        return plot(_read_rows(args.out, args.stage), args.plot, args.goal)
+    started = _unix_time(args.started) if args.started else None
 
     config = workdir_lib.saved_config(args.workdir)
     if config is None or "stages" not in config:
@@ -89,6 +110,9 @@ def main() -> None:
                 row = {"stage": target.name, "step": step, "weights": name, "inputs": source}
                 row |= {k: round(float(v), 4) for k, v in scores.items()}
                 row["seconds"] = round(time.perf_counter() - start, 1)
+                if started is not None:  # Orbax renames the finished checkpoint's folder into place last
+                    written = os.path.getmtime(os.path.join(stage_exp.run_dir, "checkpoints", str(step)))
+                    row["minutes"] = round(args.earlier_minutes + (written - started) / 60, 2)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     checkpointer.close()
@@ -96,6 +120,71 @@ def main() -> None:
         with open(args.out, "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
+    if args.plot:
+        plot(_read_rows(args.out, args.stage) if args.out else rows, args.plot, args.goal)
+
+
+def _unix_time(text: str) -> float:
+    """Seconds since the epoch from Unix seconds or an ISO date (UTC when it names no zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        moment = datetime.datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return moment.timestamp()
+
+
+def _read_rows(path: str, stage: str) -> list[dict]:
+    if not path or not os.path.exists(path):
+        raise SystemExit(f"--plot needs the rows of --out ({path!r} does not exist).")
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r["stage"] == stage and "ablation" not in r]  # ablation rows: other networks
+
+
+def plot(rows: list[dict], path: str, goal: str) -> None:
+    """Held-out accuracy (from text, EMA weights) against the cascade's training minutes at each checkpoint, with
+    95% binomial intervals; from real low-res images as a second line when measured; the goal as dashed lines."""
+    from imagen_jax.evaluation import plots
+
+    if not path:
+        raise SystemExit("--plot_only needs --plot PATH.")
+    fig, ax = plots.pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
+    for inputs, label in (
+        ("text", "cascade from text"),
+        ("real_lowres", "SR stage from real low-res images"),
+    ):
+        mine = sorted(
+            (r for r in rows if r["inputs"] == inputs and r["weights"] == "ema" and "minutes" in r),
+            key=lambda r: r["minutes"],
+        )
+        if not mine:
+            continue
+        xs, ys = [r["minutes"] for r in mine], [r["all"] for r in mine]
+        bars = [plots.binomial_halfwidth(r["all"], int(r["count"])) for r in mine]
+        ax.errorbar(xs, ys, yerr=bars, fmt="o-", capsize=3, label=f"{label} (bars: 95% binomial)")
+        for r in mine if inputs == "text" else ():
+            ax.annotate(
+                f"step {r['step']}",
+                (r["minutes"], r["all"]),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=7,
+            )
+    accuracy, minutes = (float(v) for v in goal.split(","))
+    ax.axhline(accuracy, color="tab:red", ls="--", lw=1, label=f"goal: {accuracy:.2f} held-out")
+    ax.axvline(minutes, color="tab:red", ls=":", lw=1, label=f"goal: {minutes:g} minutes of training in all")
+    ax.set_xlabel("training minutes of the whole cascade (earlier stages + this stage to the checkpoint)")
+    ax.set_ylabel("held-out judge accuracy (all attributes right)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(
+        f"{rows[0]['stage'] if rows else ''}: held-out accuracy of the cascade's last stage", fontsize=8
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    plots.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ def _augmentation() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(schedule="cosine", max_level=0.5))
 
 
+def stage_sample_section(single_stage: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
+    """How a cascade stage samples, taken from a single-stage config's sample section (sampler, steps, guidance,
+    thresholding), with `extra` (e.g. aug_level, or steps of its own) on top."""
+    keys = ("sampler", "steps", "guidance_scale", "thresholding", "dynamic_threshold_percentile")
+    return ml_collections.ConfigDict({k: single_stage[k] for k in keys} | extra)
+
+
 def cascade_sample_section(prompts: tuple[str, ...]) -> ml_collections.ConfigDict:
     """The top-level sample section of a cascade: what is sampled, not how (that is per stage)."""
     return ml_collections.ConfigDict(

@@ -9,6 +9,8 @@ wall minutes on an idle 2-core CPU; the README's "Cascade" section gives the jud
 Tiny variant (8 -> 16, seconds): configs/shapes_cascade.py:tiny (and :sr32,tiny for its SR stage)
 """
 
+import functools
+
 import ml_collections
 
 from imagen_jax.config_files import parse_arg, sibling
@@ -39,11 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
     c.sample.judge_prompts = base_sample.judge_prompts
-    how = lambda **extra: ml_collections.ConfigDict(
-        {k: base_sample[k] for k in ("sampler", "steps", "guidance_scale", "thresholding")}
-        | {"dynamic_threshold_percentile": base_sample.dynamic_threshold_percentile}
-        | extra
-    )
+    how = functools.partial(sibling(__file__, "imagen_cascade").stage_sample_section, base_sample)
 
     c.stages = ml_collections.ConfigDict()
     c.stages.base16 = ml_collections.ConfigDict(

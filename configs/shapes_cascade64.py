@@ -15,6 +15,8 @@ crops), dim 16, levels at 32/16/8 on the crops; it costs what the Efficient U-Ne
 Efficient U-Net (README "Cascade", experiments/benchmarks/README.md "shapes cascade at 64 px").
 """
 
+import functools
+
 import ml_collections
 
 from imagen_jax.config_files import parse_arg, sibling
@@ -38,11 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 64
     c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
     c.sample.judge_prompts = base_sample.judge_prompts
-    how = lambda **extra: ml_collections.ConfigDict(
-        {k: base_sample[k] for k in ("sampler", "steps", "guidance_scale", "thresholding")}
-        | {"dynamic_threshold_percentile": base_sample.dynamic_threshold_percentile}
-        | extra
-    )
+    how = functools.partial(sibling(__file__, "imagen_cascade").stage_sample_section, base_sample)
 
     c.stages = ml_collections.ConfigDict()
     c.stages.base16 = ml_collections.ConfigDict(

@@ -267,8 +267,8 @@ def test_cascade_end_to_end_stage_by_stage_on_the_command_line(tmp_path, capsys)
 
 
 def test_shapes_cascade64_tiny_trains_both_stages_and_samples_at_4x(tmp_path, capsys):
-    """The 4x SR stage (the paper's ratio): trained on crops whose low-res is a quarter their side, sampled on
-    the base's whole images; both stages' grids written."""
+    """The 4x SR stage (the paper's ratio): trained on images whose low-res is a quarter their side, sampled on
+    the base's images; both stages' grids written."""
     config = str(CONFIGS / "shapes_cascade64.py")
     workdir = tmp_path / "wd"
     fast = ("--config.train.steps=2", "--config.sample.judge_prompts=0")
@@ -279,6 +279,6 @@ def test_shapes_cascade64_tiny_trains_both_stages_and_samples_at_4x(tmp_path, ca
     assert "stage base16 (step 2)" in out and "stage sr64 (step 2)" in out
     family = ImagenFamily.from_config(shapes_cascade64.get_config("sr64,tiny"))
     sr = family.stage("sr64")
-    assert (sr.image_size // sr.lowres_size, sr.train_crop) == (4, 16)
+    assert (sr.image_size // sr.lowres_size, sr.train_crop) == (4, 32)  # whole images
     for name in ("base16", "sr64"):
         assert (workdir / "samples" / f"cascade_{name}.png").exists()

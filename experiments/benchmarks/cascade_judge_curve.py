@@ -175,7 +175,7 @@ def plot(rows: list[dict], path: str, goal: str) -> None:
     accuracy, minutes = (float(v) for v in goal.split(","))
     ax.axhline(accuracy, color="tab:red", ls="--", lw=1, label=f"goal: {accuracy:.2f} held-out")
     ax.axvline(minutes, color="tab:red", ls=":", lw=1, label=f"goal: {minutes:g} minutes of training in all")
-    ax.set_xlabel("training minutes of the whole cascade (earlier stages + this stage to the checkpoint)")
+    ax.set_xlabel("cascade training minutes (earlier stages + this one up to the checkpoint)")
     ax.set_ylabel("held-out judge accuracy (all attributes right)")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)

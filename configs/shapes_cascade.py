@@ -39,9 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train_stage = variant.stage
     c.cascade = ("base16", "sr32")
     c.data.image_size = 32
-    c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
+    cascades = sibling(__file__, "imagen_cascade")  # the cascade configs' shared sections
+    c.sample = cascades.cascade_sample_section(tuple(base_sample.prompts))
     c.sample.judge_prompts = base_sample.judge_prompts
-    how = functools.partial(sibling(__file__, "imagen_cascade").stage_sample_section, base_sample)
+    how = functools.partial(cascades.stage_sample_section, base_sample)
 
     c.stages = ml_collections.ConfigDict()
     c.stages.base16 = ml_collections.ConfigDict(

@@ -24,7 +24,7 @@ from imagen_jax.config_files import parse_arg, sibling
 
 # Training length, learning rate and EMA per stage (flags still override them).
 STAGE_TRAIN = {
-    "base16": dict(steps=1500, learning_rate=2e-3, ema_decay=0.995),
+    "base16": dict(steps=1500, batch_size=64, learning_rate=2e-3, ema_decay=0.995),
     "sr64": dict(steps=1500, batch_size=16, learning_rate=1e-3, ema_decay=0.995),  # whole 64x64 images
 }
 
@@ -39,9 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train_stage = variant.stage
     c.cascade = ("base16", "sr64")
     c.data.image_size = 64
-    c.sample = sibling(__file__, "imagen_cascade").cascade_sample_section(tuple(base_sample.prompts))
+    cascades = sibling(__file__, "imagen_cascade")  # the cascade configs' shared sections
+    c.sample = cascades.cascade_sample_section(tuple(base_sample.prompts))
     c.sample.judge_prompts = base_sample.judge_prompts
-    how = functools.partial(sibling(__file__, "imagen_cascade").stage_sample_section, base_sample)
+    how = functools.partial(cascades.stage_sample_section, base_sample)
 
     c.stages = ml_collections.ConfigDict()
     c.stages.base16 = ml_collections.ConfigDict(
@@ -75,9 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     if not variant.tiny:
-        c.train.update(
-            dict(batch_size=64, checkpoint_every=500, keep_every=500, log_every=100)
-        )  # base16's batch
+        c.train.update(dict(checkpoint_every=500, keep_every=500, log_every=100))
         c.train.update(STAGE_TRAIN[c.train_stage])
         c.sample.judge_prompts = 256  # held-out prompts judged after each stage's training
     else:  # 8 -> 32 at tiny widths, seconds long, for tests

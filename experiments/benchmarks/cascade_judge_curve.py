@@ -17,7 +17,7 @@ checkpoint's write. --plot draws the rows of --out for --stage (from text, EMA) 
 with its 95% binomial interval:
 
 python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc64 --stage sr64 --real_lowres \
-    --started 2026-12-03T11:59:04 --earlier_minutes 17.2 \
+    --started <the sr64 command's launch, e.g. 2026-12-03T13:01:56> --earlier_minutes <base16's command minutes> \
     --out experiments/benchmarks/results/shapes_cascade64_judge_curve.jsonl \
     --plot experiments/benchmarks/results/shapes_cascade64_time_to_quality.png
 """
@@ -110,7 +110,7 @@ def main() -> None:
                 row = {"stage": target.name, "step": step, "weights": name, "inputs": source}
                 row |= {k: round(float(v), 4) for k, v in scores.items()}
                 row["seconds"] = round(time.perf_counter() - start, 1)
-                if started is not None:  # Orbax renames the finished checkpoint's folder into place last
+                if started is not None:  # the folder's mtime: its last entry, written as Orbax finalises it
                     written = os.path.getmtime(os.path.join(stage_exp.run_dir, "checkpoints", str(step)))
                     row["minutes"] = round(args.earlier_minutes + (written - started) / 60, 2)
                 print(json.dumps(row), flush=True)

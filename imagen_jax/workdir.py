@@ -218,11 +218,17 @@ def _diff(saved: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, An
     return [] if saved == current else [(prefix[:-1], saved, current)]
 
 
-def experiment_changes(saved: dict, current: dict, *, lenient: bool = False) -> list[str]:
+def experiment_changes(
+    saved: dict, current: dict, *, lenient: bool = False, stage: str | None = None
+) -> list[str]:
     """'key: saved -> current' for every key of the frozen sections that differs between two configs (as dicts),
     less what may change between runs (_UNFROZEN). lenient (a checkpoint's own record): a key only one side has
-    is no difference (records from before a key existed), and STATE_KEYS are compared too."""
+    is no difference (records from before a key existed), and STATE_KEYS are compared too. stage (a cascade
+    stage's checkpoint): of the cascade only that stage's section (stages.<stage>) is compared, with the
+    sections the stages share, since the other stages and their order do not shape its weights."""
     sections = list(FROZEN_SECTIONS) + (list(STATE_KEYS) if lenient else [])
+    if stage is not None:
+        sections = [s for s in sections if s not in ("cascade", "stages")] + [f"stages.{stage}"]
     changed = []
     for section in sections:
         first, *rest = section.split(".")
@@ -257,15 +263,20 @@ def check_same_experiment(workdir: str, config: ml_collections.ConfigDict, mode:
 
 
 def check_checkpoint_config(
-    record: dict, config: ml_collections.ConfigDict, step: int, directory: str
+    record: dict,
+    config: ml_collections.ConfigDict,
+    step: int,
+    directory: str,
+    stage: str | None = None,
 ) -> None:
     """The checkpoint at `step` (its JSON record holds the config it was trained with) suits `config`: a UserError
     naming the keys otherwise, before a restore would fail on an intact checkpoint (a hand edit of config.json,
-    another train.optimizer)."""
+    another train.optimizer). stage: the cascade stage the checkpoint belongs to, whose own section is compared
+    instead of the whole cascade's, so that a trained stage can serve in a cascade whose other stages differ."""
     saved = record.get("config")
     if not isinstance(saved, dict):
         return
-    changed = experiment_changes(_tuples(saved), _as_dict(config), lenient=True)
+    changed = experiment_changes(_tuples(saved), _as_dict(config), lenient=True, stage=stage)
     if changed:
         raise UserError(
             f"The checkpoint at step {step} in {directory} was trained with other settings than this run's "

@@ -1,8 +1,11 @@
-"""A resumed run must train the same experiment: what the model computes is frozen, how attention runs is not."""
+"""A resumed run must train the same experiment: what the model computes is frozen, how attention runs is not.
+A cascade stage's checkpoint is checked against its own stage's section and the shared ones only."""
+
+import json
 
 import pytest
 
-from configs import quickstart
+from configs import quickstart, shapes_cascade64
 from imagen_jax import workdir
 from imagen_jax.errors import UserError
 
@@ -18,3 +21,25 @@ def test_the_attention_kernel_may_change_between_runs_but_the_model_may_not(tmp_
     config.model.dim = 16
     with pytest.raises(UserError, match="model.dim"):
         workdir.prepare_for_training(str(tmp_path), config)
+
+
+def test_a_stage_checkpoint_is_checked_against_its_own_stage_not_the_whole_cascade():
+    config = shapes_cascade64.get_config("tiny")
+    record_of = lambda c: {"config": json.loads(c.to_json())}  # what a checkpoint's record holds  # noqa: E731
+    other_sr = shapes_cascade64.get_config("tiny")
+    other_sr.stages.sr64.model.dim = 16  # trained beside another SR stage
+    other_sr.cascade = ("base16",)  # ... or alone
+    workdir.check_checkpoint_config(record_of(other_sr), config, 2, "ckpts", stage="base16")
+    with pytest.raises(UserError, match=r"stages\.sr64\.model\.dim: 16 -> 8"):  # the whole cascade compared
+        workdir.check_checkpoint_config(record_of(other_sr), config, 2, "ckpts")
+    # The SR stage's own checkpoint is checked against its section.
+    with pytest.raises(UserError, match=r"stages\.sr64\.model\.dim: 16 -> 8"):
+        workdir.check_checkpoint_config(record_of(other_sr), config, 2, "ckpts", stage="sr64")
+    other_base = shapes_cascade64.get_config("tiny")
+    other_base.stages.base16.model.dim = 16
+    with pytest.raises(UserError, match=r"stages\.base16\.model\.dim"):
+        workdir.check_checkpoint_config(record_of(other_base), config, 2, "ckpts", stage="base16")
+    shared = shapes_cascade64.get_config("tiny")
+    shared.text.max_length = 32  # a section every stage depends on
+    with pytest.raises(UserError, match=r"text\.max_length"):
+        workdir.check_checkpoint_config(record_of(shared), config, 2, "ckpts", stage="base16")

@@ -2,6 +2,7 @@
 or part of it, and the command line training stage by stage, sampling every stage, refusing untrained ones."""
 
 import pathlib
+import shutil
 
 import flax.linen as nn
 import jax
@@ -282,3 +283,10 @@ def test_shapes_cascade64_tiny_trains_both_stages_and_samples_at_4x(tmp_path, ca
     assert (sr.image_size // sr.lowres_size, sr.train_crop) == (4, 32)  # whole images
     for name in ("base16", "sr64"):
         assert (workdir / "samples" / f"cascade_{name}.png").exists()
+    # The trained base serves a cascade whose SR stage differs: its checkpoint is checked against its own stage.
+    other = tmp_path / "other_sr"
+    shutil.copytree(workdir / "stages" / "base16", other / "stages" / "base16")
+    wider = "--config.stages.sr64.model.dim=16"
+    code, out, err = _run(capsys, "--config", config + ":sr64,tiny", "--workdir", str(other), wider, *fast)
+    assert code == 0, err
+    assert "stage base16 (step 2)" in out and "stage sr64 (step 2)" in out

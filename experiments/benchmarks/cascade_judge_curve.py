@@ -5,6 +5,8 @@ checkpoint) for the held-out-combination prompts (the ones `sample.judge_prompts
 the images at that stage's resolution. For an SR stage, --real_lowres also super-resolves real held-out
 images downsampled to its low-res size, which isolates the SR stage from the base's mistakes. EMA weights
 (what sampling uses) by default; --raw judges the optimised weights too, to see what the EMA lags behind.
+--sample KEY=VALUE judges with another way of sampling (stages.sr64.sample.steps=30): a sampling ablation on
+trained checkpoints, with the training minutes unchanged.
 
 python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc --stage base16
 python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc --stage sr32 --real_lowres --raw \
@@ -14,7 +16,8 @@ Prints (and appends to --out) one JSON line per (checkpoint, weights, inputs). W
 training command's launch, a Unix time or an ISO date) each row also gets the training minutes of the cascade at
 that checkpoint: --earlier_minutes (the earlier stages' whole commands) plus the minutes from the launch to the
 checkpoint's write. --plot draws the rows of --out for --stage (from text, EMA) against those minutes, each point
-with its 95% binomial interval:
+with its 95% binomial interval; rows with a "seed" (a whole cascade trained end to end by its commands, minutes
+those commands' wall clock) as separate points:
 
 python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc64 --stage sr64 --real_lowres \
     --started <the sr64 command's launch, e.g. 2026-12-03T13:01:56> --earlier_minutes <base16's command minutes> \
@@ -25,9 +28,11 @@ python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc64 --stage
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
+import re
 import time
 
 import jax
@@ -59,6 +64,13 @@ def main() -> None:
     parser.add_argument("--goal", default="0.95,60", help="accuracy,minutes drawn as dashed lines on --plot")
     parser.add_argument("--plot", default="", help="a .png of --out's rows for --stage against their minutes")
     parser.add_argument("--plot_only", action="store_true", help="redraw --plot from --out, judge nothing")
+    parser.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="how to sample (repeatable): a sample.* or stages.<name>.sample.* key, e.g. stages.sr64.sample.steps=30",
+    )
     args = parser.parse_args()
     if args.plot_only:
         return plot(_read_rows(args.out, args.stage), args.plot, args.goal)
@@ -68,6 +80,8 @@ def main() -> None:
     if config is None or "stages" not in config:
         raise SystemExit(f"{args.workdir} holds no cascade config.json: train a cascade stage there first.")
     config.train_stage = args.stage
+    for item in args.sample:
+        _set_sampling(config, item)
     exp = experiment.build(config, args.workdir)
     stages = exp.family.cascade_range("", args.stage)
     target = stages[-1]
@@ -110,6 +124,8 @@ def main() -> None:
                 row = {"stage": target.name, "step": step, "weights": name, "inputs": source}
                 row |= {k: round(float(v), 4) for k, v in scores.items()}
                 row["seconds"] = round(time.perf_counter() - start, 1)
+                if args.sample:
+                    row["sampling"] = args.sample
                 if started is not None:  # the folder's mtime: its last entry, written as Orbax finalises it
                     written = os.path.getmtime(os.path.join(stage_exp.run_dir, "checkpoints", str(step)))
                     row["minutes"] = round(args.earlier_minutes + (written - started) / 60, 2)
@@ -122,6 +138,25 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
     if args.plot:
         plot(_read_rows(args.out, args.stage) if args.out else rows, args.plot, args.goal)
+
+
+def _set_sampling(config, item: str) -> None:
+    """Sets one key of how the cascade samples (`stages.sr64.sample.steps=30`): only sampling keys, so that the
+    checkpoints are still judged as the experiment they were trained in."""
+    key, sep, text = item.partition("=")
+    if not sep or not re.fullmatch(r"(stages\.\w+\.)?sample\.\w+", key):
+        raise SystemExit(f"--sample {item!r}: give KEY=VALUE with a sample.* or stages.<name>.sample.* key.")
+    *path, leaf = key.split(".")
+    section = config
+    for part in path:
+        section = section[part]
+    if leaf not in section:
+        raise SystemExit(f"--sample {item!r}: {key} is not a key of the config.")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a word: a sampler's name
+    section[leaf] = value
 
 
 def _unix_time(text: str) -> float:
@@ -152,11 +187,15 @@ def plot(rows: list[dict], path: str, goal: str) -> None:
         raise SystemExit("--plot_only needs --plot PATH.")
     fig, ax = plots.pyplot().subplots(figsize=(6.4, 4.2), dpi=120)
     for inputs, label in (
-        ("text", "cascade from text"),
+        ("text", "cascade from text, per checkpoint"),
         ("real_lowres", "SR stage from real low-res images"),
     ):
         mine = sorted(
-            (r for r in rows if r["inputs"] == inputs and r["weights"] == "ema" and "minutes" in r),
+            (
+                r
+                for r in rows
+                if r["inputs"] == inputs and r["weights"] == "ema" and "minutes" in r and "seed" not in r
+            ),
             key=lambda r: r["minutes"],
         )
         if not mine:
@@ -170,6 +209,25 @@ def plot(rows: list[dict], path: str, goal: str) -> None:
                 (r["minutes"], r["all"]),
                 textcoords="offset points",
                 xytext=(4, -12),
+                fontsize=7,
+            )
+    ends = [r for r in rows if "seed" in r]  # the two commands end to end in one workdir, one row per seed
+    if ends:
+        bars = [plots.binomial_halfwidth(r["all"], int(r["count"])) for r in ends]
+        ax.errorbar(
+            [r["minutes"] for r in ends],
+            [r["all"] for r in ends],
+            yerr=bars,
+            fmt="s",
+            capsize=3,
+            label=f"end to end, the config as committed ({len(ends)} seeds; minutes: both commands)",
+        )
+        for r in ends:
+            ax.annotate(
+                f"seed {r['seed']}",
+                (r["minutes"], r["all"]),
+                textcoords="offset points",
+                xytext=(-34, -3),
                 fontsize=7,
             )
     accuracy, minutes = (float(v) for v in goal.split(","))

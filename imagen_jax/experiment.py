@@ -143,8 +143,9 @@ class Experiment:
         checkpoint trained with another experiment (its record's config) is refused first, naming the keys, so
         that an intact checkpoint is never reported as damaged."""
         record = checkpointer.read_record(step)
-        stage = self.family.train_stage.name if self.family.capabilities.staged else None
-        workdir_lib.check_checkpoint_config(record, self.config, step, checkpointer.directory, stage)
+        workdir_lib.check_checkpoint_config(
+            record, self.config, step, checkpointer.directory, workdir_lib.trained_stage(self.family)
+        )
         return checkpointer.restore(step, abstract_like(self.state_shapes, self.state_shardings))
 
 

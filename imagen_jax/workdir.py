@@ -321,10 +321,16 @@ def require_checkpoint(workdir: str) -> int:
     return max(steps)
 
 
+def trained_stage(family: Any) -> str | None:
+    """The name of the cascade stage a staged family's run trains; None for a single-stage family."""
+    return family.train_stage.name if family.capabilities.staged else None
+
+
 def stage_dir(family: Any) -> str:
     """Where a family's run keeps its checkpoints and metrics, relative to the workdir: "" (the workdir itself),
     or stages/<name> for the trained stage of a cascade (a staged family)."""
-    return f"stages/{family.train_stage.name}" if family.capabilities.staged else ""
+    name = trained_stage(family)
+    return f"stages/{name}" if name is not None else ""
 
 
 def check_config(

@@ -23,9 +23,13 @@ def test_the_attention_kernel_may_change_between_runs_but_the_model_may_not(tmp_
         workdir.prepare_for_training(str(tmp_path), config)
 
 
+def record_of(config) -> dict:
+    """What a checkpoint's JSON record holds: the config it was trained with."""
+    return {"config": json.loads(config.to_json())}
+
+
 def test_a_stage_checkpoint_is_checked_against_its_own_stage_not_the_whole_cascade():
     config = shapes_cascade64.get_config("tiny")
-    record_of = lambda c: {"config": json.loads(c.to_json())}  # what a checkpoint's record holds  # noqa: E731
     other_sr = shapes_cascade64.get_config("tiny")
     other_sr.stages.sr64.model.dim = 16  # trained beside another SR stage
     other_sr.cascade = ("base16",)  # ... or alone

@@ -3,6 +3,9 @@ with the same frozen text encoder, data and sampling prompts, so that its judge 
 
 python -m imagen_jax.main --config configs/gan_shapes.py --workdir /tmp/gan
 python -m imagen_jax.main --config configs/gan_shapes.py:tiny --workdir /tmp/gan_tiny   # seconds, for tests
+python -m imagen_jax.main --config configs/gan_shapes.py:px16 --workdir /tmp/gan16    # the quickstart's 16x16 data
+px16 is the GAN of the 16x16 comparison (experiments/shapes_comparison): configs/quickstart.py's data, text encoder
+and prompts, both networks one level shorter (sides 16, 8, 4).
 """
 
 import ml_collections
@@ -11,9 +14,10 @@ from imagen_jax.config_files import parse_arg, sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = parse_arg(arg, tiny=False)
-    # shapes_base's data, text encoder, sampling prompts, mesh and distributed sections, unchanged.
-    quick = sibling(__file__, "shapes_base").get_config(arg)
+    variant = parse_arg(arg, tiny=False, px16=False)
+    # shapes_base's (px16: the quickstart's) data, text encoder, sampling prompts, mesh and distributed sections.
+    data_config = "quickstart" if variant.px16 and not variant.tiny else "shapes_base"
+    quick = sibling(__file__, data_config).get_config("tiny" if variant.tiny else None)
     c = ml_collections.ConfigDict()
     c.mode = "train"  # train | sample | describe
     c.seed = 0
@@ -77,6 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = quick.mesh
     c.distributed = quick.distributed
 
+    if variant.px16:
+        c.model.generator.channel_mult = (1, 2, 4)  # sides 16, 8, 4
+        c.model.discriminator.channel_mult = (1, 2, 4)
     if variant.tiny:  # shapes_base's tiny data and text encoder (16px), a tiny GAN, 4 steps
         c.model.generator.noise_dim = 8
         c.model.generator.dim = 8

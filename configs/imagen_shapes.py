@@ -1,15 +1,19 @@
-"""Imagen on the built-in shapes data: the name the baseline comparison uses for configs/shapes_base.py (32x32, 500 steps of
-batch 32, the same data, text encoder and sampling prompts as configs/gan_shapes.py and configs/vae_shapes.py).
+"""Imagen on the built-in shapes data: the name the baseline comparison uses for configs/shapes_base.py (32x32, 500
+steps of batch 32, the same data, text encoder and sampling prompts as configs/gan_shapes.py and
+configs/vae_shapes.py), and with :px16 for configs/quickstart.py (16x16, the recipe measured for ten CPU-minutes),
+the Imagen of the 16x16 comparison (experiments/shapes_comparison, beside gan_shapes.py:px16 and vae_shapes.py:px16).
 
-python experiments/compare_baselines.py --configs configs/imagen_shapes.py,configs/gan_shapes.py,configs/vae_shapes.py \
-    --seeds 3 --budget_minutes 20 --out DIR
-Variants are shapes_base's (configs/imagen_shapes.py:tiny).
+python experiments/compare_baselines.py --configs configs/imagen_shapes.py:px16,configs/gan_shapes.py:px16,\
+configs/vae_shapes.py:px16,configs/vae_shapes.py:vq,px16 --seeds 3 --budget_minutes 10 --out DIR
+Variants: tiny (shapes_base's or the quickstart's), px16.
 """
 
 import ml_collections
 
-from imagen_jax.config_files import sibling
+from imagen_jax.config_files import parse_arg, sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return sibling(__file__, "shapes_base").get_config(arg)
+    variant = parse_arg(arg, tiny=False, px16=False)
+    source = sibling(__file__, "quickstart" if variant.px16 else "shapes_base")
+    return source.get_config("tiny" if variant.tiny else None)

@@ -12,7 +12,8 @@ from imagen_jax.config_files import parse_arg, sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     vae_shapes = sibling(__file__, "vae_shapes")
-    variant = parse_arg(arg, **vae_shapes.VARIANTS)
+    own = {name: default for name, default in vae_shapes.VARIANTS.items() if name != "px16"}  # 64x64 here
+    variant = parse_arg(arg, **own)
     c = vae_shapes.get_config(arg)
     c.data.source = "tfds"
     c.data.tfds_name = "coco_captions"

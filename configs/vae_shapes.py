@@ -4,8 +4,11 @@ encoder, training loop, sampling and judge as configs/shapes_base.py, with the V
 python -m imagen_jax.main --config configs/vae_shapes.py --workdir /tmp/vae
 python -m imagen_jax.main --config configs/vae_shapes.py:vq --workdir /tmp/vq          # the VQ-VAE variant
 python -m imagen_jax.main --config configs/vae_shapes.py:tiny --workdir /tmp/vae_tiny  # seconds, for tests
+python -m imagen_jax.main --config configs/vae_shapes.py:vq,px16 --workdir /tmp/vq16   # the quickstart's 16x16 data
 --config.model.variant=vae|vq and --config.model.likelihood=gaussian|logistic choose the model; a variant
-argument may combine words, e.g. configs/vae_shapes.py:vq,tiny or :logistic,tiny.
+argument may combine words, e.g. configs/vae_shapes.py:vq,tiny or :logistic,tiny. px16 is the VAE of the 16x16
+comparison (experiments/shapes_comparison): configs/quickstart.py's 16x16 images, the same network (a 4x4 latent
+grid).
 
 The decoder is a fixed-variance Gaussian by default: in pilots on this CPU the learned-variance likelihoods
 (logistic, or Gaussian with learned variance) spent hundreds of steps widening their scales before moving the
@@ -19,7 +22,7 @@ import ml_collections
 from imagen_jax.config_files import parse_arg, sibling
 
 # The variants (flags that combine, e.g. :vq,tiny), shared with configs/vae_coco64.py.
-VARIANTS = dict(tiny=False, vq=False, logistic=False)
+VARIANTS = dict(tiny=False, vq=False, logistic=False, px16=False)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,6 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.sweep_option = "temperature"  # mode=eval: FID vs alignment per temperature (not guidance_scale)
     c.eval.sweep_values = (0.5, 0.8, 1.0)
 
+    if variant.px16 and not variant.tiny:  # configs/quickstart.py's data and held-out judging
+        quickstart = sibling(__file__, "quickstart").get_config()
+        c.data.image_size = quickstart.data.image_size  # 16: channel_mult (1, 2, 4) -> a 4x4 latent grid
+        c.sample.judge_prompts = quickstart.sample.judge_prompts
     if variant.tiny:
         c.model.dim = 8
         c.model.channel_mult = (1, 2)

@@ -6,7 +6,10 @@ prompts, reference images, feature space and metrics, summarised as mean +- 95% 
 
 Budget (one of): --budget_images N (the same number of training images for every model: steps = N / batch),
 --budget_steps N (the same step count), --budget_minutes M (each model's steps set from its own throughput,
-measured by a short probe run; wall time is not reproducible, so the report records the steps it gave).
+measured by a short probe run; wall time is not reproducible, so the report records the steps it gave). Probes are
+kept in --throughput (default <out>/throughput.json) and reused, so that tuning runs and the comparison share one
+conversion; run them on an idle machine, back to back. Overrides that do not change a step's cost (learning rates,
+loss weights, the seed: THROUGHPUT_FREE) share their config's probe; any other override is probed on its own.
 Runs go to <out>/runs/<config>_seed<s>/ (a run already trained to its steps is only re-evaluated, so re-running
 the same command reproduces the numbers); the report is <out>/report.md, every number also in <out>/results.json.
 Training runs in this process through imagen_jax.main (the same code path as the command line).
@@ -28,7 +31,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-DEFAULT_CONFIGS = "configs/imagen_shapes.py,configs/gan_shapes.py,configs/vae_shapes.py"
+DEFAULT_CONFIGS = (
+    "configs/imagen_shapes.py,configs/gan_shapes.py,configs/vae_shapes.py,configs/vae_shapes.py:vq"
+)
 # Per-family sampling sweeps when a config's eval section names none (FID-vs-alignment curves).
 DEFAULT_SWEEPS = {
     "imagen": ("guidance_scale", (1.0, 3.0, 5.0)),
@@ -88,26 +93,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a config override for every run, e.g. --set mesh.cpu_devices=0 (repeatable)",
     )
     p.add_argument(
-        "--probe_steps", type=int, default=30, help="steps of the throughput probe (--budget_minutes)"
+        "--probe_steps", type=int, default=60, help="steps of the throughput probe (--budget_minutes)"
+    )
+    p.add_argument(
+        "--probe_only",
+        action="store_true",
+        help="with --budget_minutes: probe every config's throughput into --throughput, train nothing",
+    )
+    p.add_argument(
+        "--tuning", help="a markdown file of the tuning behind the configs, linked from the report"
+    )
+    p.add_argument(
+        "--throughput",
+        help="JSON of probed throughputs, read and extended (--budget_minutes); default <out>/throughput.json",
     )
     args = p.parse_args(argv)
     for value in (args.budget_images, args.budget_steps, args.budget_minutes):
         if value is not None and value <= 0:
             p.error("the budget must be positive")
+    if args.probe_only and args.budget_minutes is None:
+        p.error("--probe_only probes for --budget_minutes")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
-    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    args.configs = split_configs(args.configs)
     for config in args.configs:
         if not os.path.isfile(config.split(":", 1)[0]):
             p.error(f"config file {config.split(':', 1)[0]} does not exist")
     return args
 
 
+def split_configs(text: str) -> list[str]:
+    """--configs as a list: commas separate config files, except inside a variant argument (an item without
+    ".py" continues the previous one): "a.py:vq,px16,b.py" -> ["a.py:vq,px16", "b.py"]."""
+    configs: list[str] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        if ".py" not in item and configs and ":" in configs[-1]:
+            configs[-1] += "," + item
+        else:
+            configs.append(item)
+    return configs
+
+
 def run_name(config_path: str) -> str:
-    """configs/quickstart.py:tiny -> quickstart_tiny."""
+    """configs/quickstart.py:tiny -> quickstart_tiny; configs/vae_shapes.py:vq,px16 -> vae_shapes_vq_px16."""
     base, _, variant = config_path.partition(":")
     name = os.path.splitext(os.path.basename(base))[0]
-    return f"{name}_{variant}" if variant else name
+    return f"{name}_{variant.replace(',', '_').replace('=', '')}" if variant else name
+
+
+# Overrides that leave a training step's cost unchanged: a config probed once serves every value of these.
+THROUGHPUT_FREE = (
+    "seed",
+    "train.learning_rate",
+    "train.g_learning_rate",
+    "train.d_learning_rate",
+    "train.warmup_steps",
+    "train.ema_decay",
+    "model.free_bits",
+    "model.kl_warmup_steps",
+    "model.commitment_cost",
+    "gan.loss",
+    "gan.mismatch_weight",
+    "diffusion.loss_weighting",
+    "diffusion.min_snr_gamma",
+)
+
+
+def throughput_key(config_path: str, overrides: list[str]) -> str:
+    """The probe a run's budget comes from: its config, with the overrides that change a step's cost."""
+    costly = sorted(o for o in overrides if o.split("=", 1)[0] not in THROUGHPUT_FREE)
+    return " ".join([run_name(config_path), *costly])
 
 
 def _main_argv(config_path: str, workdir: str, seed: int, overrides: list[str]) -> list[str]:
@@ -138,25 +195,61 @@ def _train(argv: list[str]) -> float:
 
 def steps_for_budget(
     args: argparse.Namespace, config_path: str, batch_size: int, overrides: list[str]
-) -> int:
-    """Training steps of one config under the budget."""
+) -> tuple[int, dict[str, Any] | None]:
+    """(training steps of one config under the budget, the throughput probe they come from or None)."""
     if args.budget_steps:
-        return int(args.budget_steps)
+        return int(args.budget_steps), None
     if args.budget_images:
-        return max(1, math.ceil(args.budget_images / batch_size))
-    probe = os.path.join(args.out, "probes", run_name(config_path))
+        return max(1, math.ceil(args.budget_images / batch_size)), None
+    probe = probe_throughput(args, config_path, overrides)
+    return max(1, int(args.budget_minutes * 60 * probe["images_per_sec"] / batch_size)), probe
+
+
+def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list[str]) -> dict[str, Any]:
+    """The probe of (config, costly overrides) from --throughput, or a new one (args.probe_steps steps of seed 0,
+    its median logged images/s after the first interval, which holds compilation), added to the file."""
+    path = args.throughput or os.path.join(args.out, "throughput.json")
+    probes = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            probes = json.load(f)
+    key = throughput_key(config_path, overrides)
+    if key in probes:
+        return probes[key]
+    costly = [o for o in overrides if o.split("=", 1)[0] not in THROUGHPUT_FREE]
+    probe_dir = os.path.join(args.out, "probes", key.replace(" ", "_").replace("=", "-"))
+    if os.path.exists(probe_dir):
+        raise SystemExit(f"{probe_dir} exists from an unfinished probe; remove it and run again.")
+    quiet = (
+        ["sample.judge_prompts=0"]
+        if "judge_prompts" in load_config(config_path, probe_dir, 0, []).get("sample", {})
+        else []
+    )
     _train(
         _main_argv(
-            config_path, probe, 0, overrides + [f"train.steps={args.probe_steps}", "train.log_every=5"]
+            config_path,
+            probe_dir,
+            0,
+            costly + quiet + [f"train.steps={args.probe_steps}", "train.log_every=5"],
         )
     )
-    with open(os.path.join(probe, "metrics.jsonl"), encoding="utf-8") as f:
-        rates = [json.loads(line)["images_per_sec"] for line in f if line.strip()][
-            1:
-        ]  # the first holds compile
+    with open(os.path.join(probe_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        rates = [json.loads(line)["images_per_sec"] for line in f if line.strip()][1:]  # [0] holds compile
     if not rates:
         raise SystemExit(f"the probe of {config_path} logged no throughput; raise --probe_steps")
-    return max(1, int(args.budget_minutes * 60 * float(sorted(rates)[len(rates) // 2]) / batch_size))
+    probes[key] = {
+        "images_per_sec": float(sorted(rates)[len(rates) // 2]),
+        "rates": rates,
+        "probe_steps": args.probe_steps,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m imagen_jax.main "
+        + shlex.join(_main_argv(config_path, "<probe>", 0, costly + [f"train.steps={args.probe_steps}"])),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(probes, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return probes[key]
 
 
 def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0):
@@ -265,6 +358,13 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         f"images of the same split and captions ({first['reference']}).",
         "",
     ]
+    lines += _budget_lines(runs, models)
+    if args.tuning:
+        lines += [
+            f"Tuning (seed 0, before these runs): [{os.path.basename(args.tuning)}]"
+            f"({os.path.relpath(args.tuning, out)}).",
+            "",
+        ]
     for split in splits:
         lines += [
             f"## {split} prompts",
@@ -384,6 +484,29 @@ def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _budget_lines(runs: list[dict[str, Any]], models: list[str]) -> list[str]:
+    """The conversion of a wall-clock budget into steps, per model (none for a budget in images or steps)."""
+    probed = {r["model"]: r for r in runs if r.get("throughput_probe")}
+    if not probed:
+        return []
+    lines = [
+        "Budget conversion: steps = minutes x 60 x images/s / batch, the images/s the median of a probe's logged "
+        "rates (after its first interval, which holds compilation), probed back to back on the same machine:",
+        "",
+        "| model | probe images/s | probed (UTC) | batch | steps | images seen |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for model in models:
+        if model in probed:
+            r = probed[model]
+            p = r["throughput_probe"]
+            lines.append(
+                f"| {model} | {p['images_per_sec']:.1f} | {p['measured']} | {r['batch_size']} | {r['steps']} | "
+                f"{r['steps'] * r['batch_size']} |"
+            )
+    return lines + [""]
+
+
 def _budget_text(args: argparse.Namespace) -> str:
     if args.budget_images:
         return f"{args.budget_images} training images per run"
@@ -422,13 +545,18 @@ def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.probe_only:
+        for config_path in args.configs:
+            probe = probe_throughput(args, config_path, args.set)
+            print(f"{run_name(config_path)}: {probe['images_per_sec']:.1f} images/s", flush=True)
+        return args.throughput or os.path.join(args.out, "throughput.json")
     runs: list[dict[str, Any]] = []
     first_config = None
     for config_path in args.configs:
         model = run_name(config_path)
         base = load_config(config_path, os.path.join(args.out, "runs", f"{model}_seed0"), 0, args.set)
         first_config = first_config or base
-        steps = steps_for_budget(args, config_path, int(base.train.batch_size), args.set)
+        steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), args.set)
         overrides = args.set + [f"train.steps={steps}"]
         if "judge_prompts" in base.get("sample", {}):  # the evaluation judges alignment on its own prompts
             overrides.append("sample.judge_prompts=0")
@@ -455,6 +583,7 @@ def main(argv: list[str] | None = None) -> str:
                     "seed": seed,
                     "steps": steps,
                     "batch_size": int(config.train.batch_size),
+                    "throughput_probe": probe,
                     "workdir": workdir,
                     "command": "python -m imagen_jax.main " + shlex.join(train_argv),
                     "train_seconds": train_seconds,

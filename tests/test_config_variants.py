@@ -149,3 +149,44 @@ def test_data_defaults_are_a_fresh_copy_of_data_defaults():
     assert all(defaults[key] == pipeline.DATA_DEFAULTS[key] for key in defaults)
     defaults.crop = "random"
     assert pipeline.data_defaults().crop == pipeline.DATA_DEFAULTS["crop"] == "center"
+
+
+def test_imagen_shapes_px16_is_the_quickstart():
+    assert (
+        config_module("imagen_shapes").get_config("px16").to_dict()
+        == config_module("quickstart").get_config(None).to_dict()
+    )
+    assert config_module("imagen_shapes").get_config(None).to_dict() == (
+        config_module("shapes_base").get_config(None).to_dict()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "arg"), [("gan_shapes", "px16"), ("vae_shapes", "px16"), ("vae_shapes", "vq,px16")]
+)
+def test_px16_baselines_see_the_quickstarts_data_text_and_prompts(name, arg):
+    """The 16x16 comparison: every family on the quickstart's images, captions, text encoder and judged prompts;
+    only the networks differ."""
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    from imagen_jax.experiment import example_batch
+    from imagen_jax.models.registry import get_family
+
+    quickstart = config_module("quickstart").get_config(None)
+    config = config_module(name).get_config(arg)
+    assert config.data.to_dict() == quickstart.data.to_dict()
+    assert config.text.to_dict() == quickstart.text.to_dict()
+    assert tuple(config.sample.prompts) == tuple(quickstart.sample.prompts)
+    assert config.sample.judge_prompts == quickstart.sample.judge_prompts == 256
+    family = get_family(config)
+
+    def sample_from_init():
+        batch = example_batch(16, config.text.max_length, config.text.t5.d_model, 2)
+        params = nn.meta.unbox(family.init(jax.random.key(0), batch))  # as training holds them
+        rng = jax.random.key(1)
+        return family.generate(family.ema_of(params), batch["text_embeddings"], batch["text_mask"], rng)
+
+    images = jax.eval_shape(sample_from_init)
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.float32

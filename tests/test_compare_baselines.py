@@ -1,0 +1,109 @@
+"""experiments/compare_baselines.py's budget bookkeeping (config lists, run names, throughput probes shared by
+tuning and comparison) and experiments/tuning_table.py's choice, on hand-made inputs (no training)."""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import compare_baselines  # noqa: E402
+import tuning_table  # noqa: E402
+
+FOUR = "configs/imagen_shapes.py:px16,configs/gan_shapes.py:px16,configs/vae_shapes.py:px16,configs/vae_shapes.py:vq,px16"
+
+
+def test_configs_split_at_files_not_inside_a_variant():
+    configs = compare_baselines.split_configs(FOUR)
+    assert configs[-1] == "configs/vae_shapes.py:vq,px16" and len(configs) == 4
+    assert [compare_baselines.run_name(c) for c in configs] == [
+        "imagen_shapes_px16",
+        "gan_shapes_px16",
+        "vae_shapes_px16",
+        "vae_shapes_vq_px16",
+    ]
+    assert compare_baselines.split_configs("a.py, ,b.py:tiny") == ["a.py", "b.py:tiny"]
+
+
+def test_learning_rates_share_a_probe_and_costly_overrides_get_their_own():
+    key = compare_baselines.throughput_key
+    config = "configs/gan_shapes.py:px16"
+    plain = key(config, [])
+    assert key(config, ["train.g_learning_rate=1e-4", "train.d_learning_rate=2e-4", "seed=3"]) == plain
+    assert key(config, ["gan.r1_gamma=1.0"]) != plain
+    assert key(config, ["gan.r1_gamma=1.0", "model.generator.dim=8"]) == key(
+        config, ["model.generator.dim=8", "gan.r1_gamma=1.0"]
+    )
+
+
+def _args(tmp_path, **kw):
+    values = dict(
+        budget_steps=None,
+        budget_images=None,
+        budget_minutes=0.5,
+        out=str(tmp_path / "out"),
+        throughput=str(tmp_path / "throughput.json"),
+        probe_steps=60,
+    )
+    values.update(kw)
+    return argparse.Namespace(**values)
+
+
+def test_a_recorded_probe_sets_the_steps_without_training(tmp_path):
+    config = "configs/vae_shapes.py:vq,px16"
+    probe = {"images_per_sec": 40.0, "rates": [40.0], "probe_steps": 60, "measured": "then", "command": "c"}
+    (tmp_path / "throughput.json").write_text(json.dumps({"vae_shapes_vq_px16": probe}))
+    args = _args(tmp_path)
+    # 0.5 minutes x 60 s x 40 images/s / batch 8 = 150 steps, for every learning rate
+    assert compare_baselines.steps_for_budget(args, config, 8, ["train.learning_rate=4e-3"]) == (150, probe)
+    assert compare_baselines.steps_for_budget(
+        _args(tmp_path, budget_minutes=None, budget_images=20), config, 8, []
+    ) == (
+        3,
+        None,
+    )
+    assert not (tmp_path / "out").exists()  # nothing probed
+
+
+def test_an_unfinished_probe_is_refused_not_reused(tmp_path):
+    args = _args(tmp_path)
+    (tmp_path / "out" / "probes" / "gan_shapes_px16").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="unfinished probe; remove it"):
+        compare_baselines.probe_throughput(args, "configs/gan_shapes.py:px16", [])
+
+
+def _results(path: pathlib.Path, model: str, sets: list[str], holdout: float, fid: float) -> None:
+    alignment = {"all": holdout, "shape": holdout, "colour": 1.0, "size": 1.0, "position": 1.0}
+    prompt_set = {"alignment": alignment, "fid": fid}
+    run = {
+        "model": model,
+        "seed": 0,
+        "steps": 100,
+        "batch_size": 32,
+        "eval": {"num_samples": 256, "prompt_sets": {"holdout": prompt_set, "train": prompt_set}},
+    }
+    argv = ["--configs", "x.py", "--seeds", "1"] + [a for s in sets for a in ("--set", s)]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"argv": argv, "runs": [run]}))
+
+
+def test_the_tuning_table_chooses_by_held_out_alignment_then_fid(tmp_path):
+    _results(tmp_path / "runs" / "a", "vae", [], 0.50, 10.0)
+    _results(tmp_path / "runs" / "b", "vae", ["train.learning_rate=1e-3"], 0.60, 30.0)
+    _results(tmp_path / "runs" / "c", "vae", ["model.free_bits=1.0"], 0.60, 20.0)  # same alignment, lower FID
+    _results(tmp_path / "runs" / "d", "gan", ["train.g_learning_rate=1e-4"], 0.10, 5.0)
+    out = tmp_path / "tuning"
+    tuning_table.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(out)])
+    table = json.loads((tmp_path / "tuning.json").read_text())
+    assert table["chosen"] == {"vae": ["model.free_bits=1.0"], "gan": ["train.g_learning_rate=1e-4"]}
+    text = (tmp_path / "tuning.md").read_text()
+    chosen_rows = [line for line in text.splitlines() if line.endswith("| **yes** |")]
+    assert len(chosen_rows) == 2 and "model.free_bits=1.0 | 100 | 0.600" in chosen_rows[0]
+    assert "| vae | (config as is) | 100 | 0.500 |" in text
+
+
+def test_the_tuning_table_refuses_an_empty_glob(tmp_path):
+    with pytest.raises(SystemExit, match="no results.json"):
+        tuning_table.main(["--runs", str(tmp_path / "none*"), "--out", str(tmp_path / "t")])

@@ -60,6 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.adam_b1 = 0.0
     c.train.adam_b2 = 0.9
     c.train.warmup_steps = 0
+    c.train.lr_schedule = "constant"  # after the warm-up: constant | cosine | linear, decaying to
+    c.train.lr_final_fraction = 0.0  # this fraction of the peak at train.steps (cosine / linear only)
     c.train.grad_clip = 0.0  # per network, by global norm; 0 = off
     c.train.ema_decay = 0.999  # of the generator, with a 1+t / 10+t warm-up
     c.train.log_every = 50

@@ -75,6 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.learning_rate = 1e-3
     c.train.optimizer = "adam"  # adam | adafactor (factored second moments; the imagen family only)
     c.train.warmup_steps = 100
+    c.train.lr_schedule = "constant"  # after the warm-up: constant (Imagen's) | cosine | linear, decaying to
+    c.train.lr_final_fraction = 0.0  # this fraction of the peak at train.steps (cosine / linear only)
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.99  # 0.99**500 < 1%: the EMA forgets the random init within this short run
     # true: decay min(ema_decay, (1 + t) / (10 + t)), so early samples never lag far behind; off here, as this

@@ -2,6 +2,7 @@
 the whole train state (incomplete checkpoints, keep-every), and the trainer's FLOP accounting."""
 
 import copy
+import math
 import os
 import shutil
 
@@ -14,7 +15,8 @@ import pytest
 
 from configs import quickstart
 from imagen_jax import parallel
-from imagen_jax.training import optimizers, steps, trainer
+from imagen_jax.errors import UserError
+from imagen_jax.training import hparams, optimizers, steps, trainer
 from imagen_jax.training import state as state_lib
 from imagen_jax.training.checkpoint import COMMIT_FILE, Checkpointer, CheckpointError, abstract_like
 from imagen_jax.training.steps import update
@@ -67,11 +69,55 @@ def test_ema_update_closed_form():
 
 def test_learning_rate_warmup():
     config = quickstart.get_config()
-    schedule = optimizers.warmup_schedule(config.train.learning_rate, config.train.warmup_steps)
+    schedule = optimizers.lr_schedule(hparams.from_config(config.train), config.train.learning_rate)
     lr, warmup = config.train.learning_rate, config.train.warmup_steps
+    assert config.train.lr_schedule == "constant"
     assert float(schedule(0)) == 0.0
     assert float(schedule(warmup // 2)) == pytest.approx(lr * (warmup // 2) / warmup)
     assert float(schedule(warmup * 5)) == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_learning_rate_decays_to_its_final_fraction_at_train_steps(kind):
+    """Warm-up 100 steps to 2e-3, then down to 10% at step 1100: closed forms at a quarter, half and the end."""
+    config = quickstart.get_config()
+    config.train.update(
+        steps=1100, warmup_steps=100, learning_rate=2e-3, lr_schedule=kind, lr_final_fraction=0.1
+    )
+    peak, final = 2e-3, 2e-4
+    schedule = optimizers.lr_schedule(hparams.from_config(config.train), peak)
+    assert float(schedule(50)) == pytest.approx(peak / 2)
+    assert float(schedule(100)) == pytest.approx(peak)
+    for done in (0.25, 0.5, 1.0):
+        shape = 0.5 * (1 + math.cos(math.pi * done)) if kind == "cosine" else 1 - done
+        expected = final + (peak - final) * shape
+        assert float(schedule(100 + int(1000 * done))) == pytest.approx(expected, rel=1e-5)
+    assert float(schedule(5000)) == pytest.approx(final, rel=1e-5)  # held after train.steps
+    # the GAN's discriminator counts d_steps updates per train step: its schedule runs in train steps
+    halved = optimizers.lr_schedule(hparams.from_config(config.train), peak, every=2)
+    assert float(halved(2 * 600)) == pytest.approx(float(schedule(600)))
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        (dict(lr_schedule="step"), "is not a schedule"),
+        (dict(lr_schedule="cosine", lr_final_fraction=1.5), "must lie in"),
+        (dict(lr_schedule="cosine", steps=50, warmup_steps=100), "shorten the warm-up"),
+    ],
+)
+def test_a_bad_learning_rate_schedule_is_refused_by_name(update, message):
+    config = quickstart.get_config()
+    config.train.update(update)
+    with pytest.raises(UserError, match=message):
+        hparams.from_config(config.train)
+
+
+def test_a_config_saved_before_schedules_trains_at_a_constant_rate():
+    config = quickstart.get_config()
+    del config.train["lr_schedule"], config.train["lr_final_fraction"]
+    hp = hparams.from_config(config.train)
+    assert (hp.lr_schedule, hp.lr_final_fraction) == ("constant", 0.0)
 
 
 def test_checkpoint_round_trip_and_other_mesh(setup, tmp_path):

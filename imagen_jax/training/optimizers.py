@@ -19,14 +19,22 @@ PyTree = Any
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
-def warmup_schedule(peak: float, warmup_steps: int, every: int = 1) -> optax.Schedule:
-    """Linear warm-up from 0 to `peak` over warmup_steps (at least 1), then constant (as in Imagen). The count is
-    divided by `every` first: the GAN's discriminator optimizer counts gan.d_steps updates per train step, and
-    its warm-up is measured in train steps too."""
-    warmup = max(int(warmup_steps), 1)
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], boundaries=[warmup]
-    )
+def lr_schedule(hp: TrainHparams, peak: float, every: int = 1) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak` over hp.warmup_steps (at least 1), then hp.lr_schedule: constant (as in
+    Imagen), or a cosine or a line from `peak` down to hp.lr_final_fraction x peak at hp.total_steps (the
+    config's train.steps; a run resumed with more steps decays over the new length from where it stands), held
+    there after. The count is divided by `every` first: the GAN's discriminator optimizer counts gan.d_steps
+    updates per train step, and its schedule is measured in train steps too."""
+    warmup = max(int(hp.warmup_steps), 1)
+    span = max(int(hp.total_steps) - warmup, 1)
+    final = peak * float(hp.lr_final_fraction)
+    if hp.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, span, alpha=float(hp.lr_final_fraction))
+    elif hp.lr_schedule == "linear":
+        after = optax.linear_schedule(peak, final, span)
+    else:
+        after = optax.constant_schedule(peak)
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], boundaries=[warmup])
     return schedule if every == 1 else (lambda count: schedule(count // every))
 
 
@@ -55,15 +63,15 @@ def clipped(hp: TrainHparams, optimizer: optax.GradientTransformation) -> optax.
 
 
 def adam(hp: TrainHparams, peak: float, every: int = 1) -> optax.GradientTransformation:
-    """Clipping, then Adam(hp.adam_b1 or ADAM_B1, hp.adam_b2 or ADAM_B2, ADAM_EPS) on warmup_schedule(peak)."""
+    """Clipping, then Adam(hp.adam_b1 or ADAM_B1, hp.adam_b2 or ADAM_B2, ADAM_EPS) on lr_schedule(hp, peak)."""
     b1 = ADAM_B1 if hp.adam_b1 is None else hp.adam_b1
     b2 = ADAM_B2 if hp.adam_b2 is None else hp.adam_b2
-    return clipped(hp, optax.adam(warmup_schedule(peak, hp.warmup_steps, every), b1=b1, b2=b2, eps=ADAM_EPS))
+    return clipped(hp, optax.adam(lr_schedule(hp, peak, every), b1=b1, b2=b2, eps=ADAM_EPS))
 
 
 def single_network(hp: TrainHparams) -> optax.GradientTransformation:
     """hp.optimizer for a family with one parameter tree: Adam, or Adafactor (ADAFACTOR_OPTIONS), both on the
-    warm-up schedule to hp.learning_rate after clipping.
+    schedule of lr_schedule(hp, hp.learning_rate) after clipping.
 
     Given logically boxed parameters, Adafactor's init returns a state whose boxes match their leaves' ranks (see
     factored_state_boxes), so parallel.logical_shardings can shard it."""
@@ -73,7 +81,7 @@ def single_network(hp: TrainHparams) -> optax.GradientTransformation:
         )
     if hp.optimizer == "adam":
         return adam(hp, hp.learning_rate)
-    adafactor = optax.adafactor(warmup_schedule(hp.learning_rate, hp.warmup_steps), **ADAFACTOR_OPTIONS)
+    adafactor = optax.adafactor(lr_schedule(hp, hp.learning_rate), **ADAFACTOR_OPTIONS)
     return clipped(hp, factored_state_boxes(adafactor, ADAFACTOR_MIN_DIM_TO_FACTOR))
 
 

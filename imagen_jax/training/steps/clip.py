@@ -22,7 +22,7 @@ def make_step(
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """step(state, batch, rng) -> (state, metrics: loss, accuracy (image -> caption top-1 within the batch),
     logit_scale, grad_norm, learning_rate, nonfinite). A non-finite loss or gradient skips the update."""
-    schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
+    schedule = optimizers.lr_schedule(hp, hp.learning_rate)
     ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):

@@ -24,7 +24,7 @@ def make_step(
     """step(state, batch, rng) -> (state, metrics: loss, grad_norm, learning_rate, nonfinite).
 
     A non-finite loss or gradient skips the update (metric nonfinite=1)."""
-    schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
+    schedule = optimizers.lr_schedule(hp, hp.learning_rate)
     ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
 
     def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):

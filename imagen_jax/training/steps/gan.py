@@ -44,8 +44,8 @@ def make_step(
     """
     d_grad_fn = jax.value_and_grad(family.d_loss_fn, has_aux=True)
     g_grad_fn = jax.value_and_grad(family.g_loss_fn, has_aux=True)
-    g_schedule = optimizers.warmup_schedule(hp.g_learning_rate, hp.warmup_steps)
-    d_schedule = optimizers.warmup_schedule(hp.d_learning_rate, hp.warmup_steps)
+    g_schedule = optimizers.lr_schedule(hp, hp.g_learning_rate)
+    d_schedule = optimizers.lr_schedule(hp, hp.d_learning_rate)
     ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
 
     def d_update(params: PyTree, opt_state: PyTree, batch: dict, rng: jax.Array):

@@ -29,7 +29,7 @@ def make_step(
     then overwrites params["codebook"], and ema_params["codebook"] is set to that same codebook (it already is an
     average; averaging it again would blur restarted codes). A non-finite loss or gradient skips the whole update
     (metric nonfinite=1)."""
-    schedule = optimizers.warmup_schedule(hp.learning_rate, hp.warmup_steps)
+    schedule = optimizers.lr_schedule(hp, hp.learning_rate)
     ema = Ema.of_family(family, hp.ema_decay, hp.ema_warmup)
     objective = family.objective
 

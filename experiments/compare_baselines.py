@@ -322,6 +322,18 @@ def plot_curves(runs: list[dict[str, Any]], path: str) -> str:
     return plots.curves_figure(panels, path)
 
 
+def plot_alignment(runs: list[dict[str, Any]], models: list[str], splits: list[str], path: str) -> str:
+    """Alignment per model and prompt set, mean with its 95% Student-t interval (mean_ci) and each seed's value."""
+    from imagen_jax.evaluation import plots
+
+    values = {
+        m: {s: [_metric(r["eval"], s, "alignment") for r in runs if r["model"] == m] for s in splits}
+        for m in models
+    }
+    intervals = {m: {s: mean_ci(v) for s, v in per.items()} for m, per in values.items()}
+    return plots.alignment_figure(values, intervals, path)
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -387,6 +399,8 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         lines.append("")
     if with_clip:
         lines += _clip_lines(runs, splits)
+    figure = plot_alignment(runs, models, splits, os.path.join(out, "alignment.png"))
+    lines += [f"![alignment per model]({os.path.relpath(figure, out)})", ""]
     attributes = ("shape", "colour", "size", "position")
     lines += ["## Alignment per attribute", "", "| model | prompt set | " + " | ".join(attributes) + " |"]
     lines.append("|" + " --- |" * (2 + len(attributes)))

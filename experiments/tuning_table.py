@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import shlex
 import sys
@@ -71,6 +72,11 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
+def binomial_halfwidth(accuracy: float, count: int) -> float:
+    """1.96 sqrt(p (1 - p) / n): the normal-approximation 95% half-width of an accuracy on `count` samples."""
+    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / count) if count else 0.0
+
+
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
     chosen = choose(rows)
     lines = [
@@ -80,8 +86,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
         "comparison; the override named changes the config for that run only), evaluated like the comparison. "
         "Chosen per model: the highest held-out alignment (every attribute right), ties broken by the lower "
         "held-out FID. Alignment over "
-        f"{rows[0]['num_samples']} images per prompt set; at that count a 95% binomial interval is about "
-        "+-0.06 near 0.5.",
+        f"{rows[0]['num_samples']} images per prompt set, +- the half-width of its 95% binomial interval "
+        "(normal approximation): one seed, so this is the judge's sampling noise, not the seeds' spread.",
         "",
         "| model | override | steps | held-out alignment | shape / colour / size / position | train alignment "
         "| held-out FID | train FID | chosen |",
@@ -92,7 +98,7 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
             attributes = " / ".join(f"{row['holdout_attributes'][a]:.3f}" for a in ATTRIBUTES)
             lines.append(
                 f"| {model} | {', '.join(row['overrides']) or '(config as is)'} | {row['steps']} | "
-                f"{row['holdout']:.3f} | {attributes} | {row['train']:.3f} | {row['holdout_fid']:.3g} | "
+                f"{row['holdout']:.3f} ± {binomial_halfwidth(row['holdout'], row['num_samples']):.3f} | {attributes} | {row['train']:.3f} | {row['holdout_fid']:.3g} | "
                 f"{row['train_fid']:.3g} | {'**yes**' if chosen[model] is row else ''} |"
             )
     lines += ["", "Commands (each trains and evaluates one run):", ""]

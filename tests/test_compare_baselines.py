@@ -101,9 +101,42 @@ def test_the_tuning_table_chooses_by_held_out_alignment_then_fid(tmp_path):
     text = (tmp_path / "tuning.md").read_text()
     chosen_rows = [line for line in text.splitlines() if line.endswith("| **yes** |")]
     assert len(chosen_rows) == 2 and "model.free_bits=1.0 | 100 | 0.600" in chosen_rows[0]
-    assert "| vae | (config as is) | 100 | 0.500 |" in text
+    assert "| vae | (config as is) | 100 | 0.500 ± 0.061 |" in text  # 1.96 sqrt(0.25 / 256) = 0.06125
 
 
 def test_the_tuning_table_refuses_an_empty_glob(tmp_path):
     with pytest.raises(SystemExit, match="no results.json"):
         tuning_table.main(["--runs", str(tmp_path / "none*"), "--out", str(tmp_path / "t")])
+
+
+def test_the_alignment_figure_gets_each_models_seeds_and_student_t_interval(tmp_path, monkeypatch):
+    from imagen_jax.evaluation import plots
+
+    seen = {}
+    monkeypatch.setattr(
+        plots, "alignment_figure", lambda values, intervals, path: seen.update(v=values, i=intervals) or path
+    )
+
+    def run(model, holdout):
+        sets = {"holdout": {"alignment": {"all": holdout}}, "train": {"alignment": {"all": 1.0}}}
+        return {"model": model, "eval": {"prompt_sets": sets}}
+
+    runs = [run("imagen", 0.5), run("imagen", 0.6), run("imagen", 0.7), run("gan", 0.1)]
+    path = compare_baselines.plot_alignment(
+        runs, ["imagen", "gan"], ["holdout", "train"], str(tmp_path / "a.png")
+    )
+    assert path == str(tmp_path / "a.png")
+    assert seen["v"]["imagen"]["holdout"] == [0.5, 0.6, 0.7] and seen["v"]["gan"]["holdout"] == [0.1]
+    mean, half = seen["i"]["imagen"]["holdout"]
+    # t(0.975, 2) = 4.3027; sd 0.1 over 3 seeds
+    assert mean == pytest.approx(0.6) and half == pytest.approx(4.3027 * 0.1 / 3**0.5, rel=1e-4)
+    assert seen["i"]["gan"]["holdout"] == (0.1, None)
+
+
+def test_the_alignment_figure_draws(tmp_path):
+    from imagen_jax.evaluation import plots
+
+    values = {"a": {"holdout": [0.2, 0.4]}, "b": {"holdout": [0.9]}}
+    intervals = {"a": {"holdout": (0.3, 0.5)}, "b": {"holdout": (0.9, None)}}
+    path = plots.alignment_figure(values, intervals, str(tmp_path / "f.png"))
+    assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -169,6 +169,7 @@ def test_compare_baselines_end_to_end(tmp_path, cache_dir, tiny_net):
     # the report: the feature space named, a row per model in each table, commands to reproduce
     assert f"`{tiny_net.name}`" in report and "| quickstart_tiny | 2 | 16 |" in report
     assert "python -m imagen_jax.main --config" in report and (out / "training_curves.png").exists()
+    assert "![alignment per model](alignment.png)" in report and (out / "alignment.png").exists()
     fid = result["prompt_sets"]["holdout"]["fid"]
     assert f"{fid:.4g}" in report
 

@@ -111,3 +111,35 @@ def curves_figure(
         else:
             ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
     return save(fig, path)
+
+
+def alignment_figure(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    intervals: Mapping[str, Mapping[str, tuple[float, float | None]]],
+    path: str,
+) -> str:
+    """Alignment per model and prompt set: a bar at the mean over seeds with its 95% interval (the caller's, e.g.
+    Student t; none for one seed) and every seed's value as a dot. values: {model: {prompt set: [per seed]}};
+    intervals: {model: {prompt set: (mean, half-width or None)}}."""
+    import numpy as np
+
+    plt = pyplot()
+    models = list(values)
+    splits = list(dict.fromkeys(s for per in values.values() for s in per))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(models), 4.0), dpi=120)
+    width = 0.8 / max(len(splits), 1)
+    for j, split in enumerate(splits):
+        xs = np.arange(len(models)) + (j - (len(splits) - 1) / 2) * width
+        means = [intervals[m][split][0] for m in models]
+        errors = [intervals[m][split][1] or 0.0 for m in models]
+        ax.bar(xs, means, width * 0.9, yerr=errors, capsize=4, alpha=0.6, label=f"{split} prompts")
+        for x, m in zip(xs, models, strict=True):
+            seeds = values[m][split]
+            ax.plot([x] * len(seeds), seeds, "k.", ms=4)
+    ax.set_xticks(np.arange(len(models)), models, rotation=15, fontsize=8)
+    ax.set_ylabel("alignment: judge accuracy, all attributes right")
+    ax.set_ylim(0, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("mean over seeds, bars: 95% Student-t interval, dots: seeds", fontsize=9)
+    ax.legend(fontsize=8)
+    return save(fig, path)

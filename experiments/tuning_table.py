@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", required=True, help="a glob of compare_baselines.py output directories")
     p.add_argument("--out", required=True, help="path without extension: <out>.md and <out>.json")
     p.add_argument("--title", default="Tuning on seed 0", help="the markdown's heading")
+    p.add_argument("--note", action="append", default=[], help="a paragraph after the table (repeatable)")
     return p.parse_args(argv)
 
 
@@ -77,7 +78,7 @@ def binomial_halfwidth(accuracy: float, count: int) -> float:
     return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / count) if count else 0.0
 
 
-def markdown(rows: list[dict[str, Any]], title: str) -> str:
+def markdown(rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> str:
     chosen = choose(rows)
     lines = [
         f"# {title}",
@@ -101,6 +102,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
                 f"{row['holdout']:.3f} ± {binomial_halfwidth(row['holdout'], row['num_samples']):.3f} | {attributes} | {row['train']:.3f} | {row['holdout_fid']:.3g} | "
                 f"{row['train_fid']:.3g} | {'**yes**' if chosen[model] is row else ''} |"
             )
+    for note in notes:
+        lines += ["", note]
     lines += ["", "Commands (each trains and evaluates one run):", ""]
     lines += [f"    {row['command']}" for row in rows]
     return "\n".join(lines) + "\n"
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> str:
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         json.dump({"rows": rows, "chosen": {m: r["overrides"] for m, r in choose(rows).items()}}, f, indent=2)
     with open(args.out + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown(rows, args.title))
+        f.write(markdown(rows, args.title, args.note))
     return args.out + ".md"
 
 

@@ -161,10 +161,20 @@ THROUGHPUT_FREE = (
 )
 
 
+def costly_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that may change a training step's cost (all but THROUGHPUT_FREE's), sorted."""
+    return sorted(o for o in overrides if o.split("=", 1)[0] not in THROUGHPUT_FREE)
+
+
 def throughput_key(config_path: str, overrides: list[str]) -> str:
     """The probe a run's budget comes from: its config, with the overrides that change a step's cost."""
-    costly = sorted(o for o in overrides if o.split("=", 1)[0] not in THROUGHPUT_FREE)
-    return " ".join([run_name(config_path), *costly])
+    return " ".join([run_name(config_path), *costly_overrides(overrides)])
+
+
+def judging_off(config) -> list[str]:
+    """The override that stops a run judging prompts after training (the evaluation judges its own), if the
+    config's family judges at all."""
+    return ["sample.judge_prompts=0"] if "judge_prompts" in config.get("sample", {}) else []
 
 
 def _main_argv(config_path: str, workdir: str, seed: int, overrides: list[str]) -> list[str]:
@@ -216,23 +226,12 @@ def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list
     key = throughput_key(config_path, overrides)
     if key in probes:
         return probes[key]
-    costly = [o for o in overrides if o.split("=", 1)[0] not in THROUGHPUT_FREE]
     probe_dir = os.path.join(args.out, "probes", key.replace(" ", "_").replace("=", "-"))
     if os.path.exists(probe_dir):
         raise SystemExit(f"{probe_dir} exists from an unfinished probe; remove it and run again.")
-    quiet = (
-        ["sample.judge_prompts=0"]
-        if "judge_prompts" in load_config(config_path, probe_dir, 0, []).get("sample", {})
-        else []
-    )
-    _train(
-        _main_argv(
-            config_path,
-            probe_dir,
-            0,
-            costly + quiet + [f"train.steps={args.probe_steps}", "train.log_every=5"],
-        )
-    )
+    probe_overrides = costly_overrides(overrides) + judging_off(load_config(config_path, probe_dir, 0, []))
+    probe_overrides += [f"train.steps={args.probe_steps}", "train.log_every=5"]
+    _train(_main_argv(config_path, probe_dir, 0, probe_overrides))
     with open(os.path.join(probe_dir, "metrics.jsonl"), encoding="utf-8") as f:
         rates = [json.loads(line)["images_per_sec"] for line in f if line.strip()][1:]  # [0] holds compile
     if not rates:
@@ -243,7 +242,7 @@ def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list
         "probe_steps": args.probe_steps,
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m imagen_jax.main "
-        + shlex.join(_main_argv(config_path, "<probe>", 0, costly + [f"train.steps={args.probe_steps}"])),
+        + shlex.join(_main_argv(config_path, "<probe>", 0, probe_overrides)),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -571,9 +570,7 @@ def main(argv: list[str] | None = None) -> str:
         base = load_config(config_path, os.path.join(args.out, "runs", f"{model}_seed0"), 0, args.set)
         first_config = first_config or base
         steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), args.set)
-        overrides = args.set + [f"train.steps={steps}"]
-        if "judge_prompts" in base.get("sample", {}):  # the evaluation judges alignment on its own prompts
-            overrides.append("sample.judge_prompts=0")
+        overrides = args.set + [f"train.steps={steps}"] + judging_off(base)
         for seed in range(args.seeds):
             workdir = os.path.join(args.out, "runs", f"{model}_seed{seed}")
             train_argv = _main_argv(config_path, workdir, seed, overrides)

@@ -13,11 +13,16 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import shlex
 import sys
 from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from imagen_jax.evaluation.plots import binomial_halfwidth  # noqa: E402
 
 ATTRIBUTES = ("shape", "colour", "size", "position")
 
@@ -73,11 +78,6 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
-def binomial_halfwidth(accuracy: float, count: int) -> float:
-    """1.96 sqrt(p (1 - p) / n): the normal-approximation 95% half-width of an accuracy on `count` samples."""
-    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / count) if count else 0.0
-
-
 def markdown(rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> str:
     chosen = choose(rows)
     lines = [
@@ -97,10 +97,11 @@ def markdown(rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> s
     for model in dict.fromkeys(r["model"] for r in rows):
         for row in sorted((r for r in rows if r["model"] == model), key=lambda r: r["overrides"]):
             attributes = " / ".join(f"{row['holdout_attributes'][a]:.3f}" for a in ATTRIBUTES)
+            halfwidth = binomial_halfwidth(row["holdout"], row["num_samples"])
             lines.append(
                 f"| {model} | {', '.join(row['overrides']) or '(config as is)'} | {row['steps']} | "
-                f"{row['holdout']:.3f} ± {binomial_halfwidth(row['holdout'], row['num_samples']):.3f} | {attributes} | {row['train']:.3f} | {row['holdout_fid']:.3g} | "
-                f"{row['train_fid']:.3g} | {'**yes**' if chosen[model] is row else ''} |"
+                f"{row['holdout']:.3f} ± {halfwidth:.3f} | {attributes} | {row['train']:.3f} | "
+                f"{row['holdout_fid']:.3g} | {row['train_fid']:.3g} | {'**yes**' if chosen[model] is row else ''} |"
             )
     for note in notes:
         lines += ["", note]

@@ -456,15 +456,23 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         lines.append("    " + r["command"])
     lines += [
         "",
-        "| run | model | seed | config | train s | eval s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | model | seed | config | train s, this call | step s, logged | eval s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
+        logged = r.get("logged_step_seconds")
         lines.append(
             f"| {os.path.relpath(r['workdir'], out)} | {r['model']} | {r['seed']} | "
             f"{os.path.relpath(os.path.join(r['workdir'], 'config.json'), out)} | {r['train_seconds']:.0f} | "
-            f"{r['eval']['seconds']:.0f} |"
+            f"{'-' if logged is None else f'{logged:.0f}'} | {r['eval']['seconds']:.0f} |"
         )
+    lines += [
+        "",
+        "train s, this call: the wall seconds of the training call this report made (a few when the run was "
+        "already trained, which it then only resumes); step s, logged: the run's own time in training steps from "
+        "its metrics.jsonl (each interval's images over its logged images/s, compilation included), whichever "
+        "process trained it. Runs trained side by side on one machine log slower steps than the probes.",
+    ]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()), ""]
     path = os.path.join(out, "report.md")
     with open(path, "w", encoding="utf-8") as f:
@@ -554,6 +562,28 @@ def _curve(workdir: str) -> dict[str, list[tuple[int, float]]]:
     return {key: points for key, points in curves.items() if points}
 
 
+def logged_step_seconds(workdir: str, batch_size: int) -> float | None:
+    """Seconds the run spent in training steps by its own metrics.jsonl: each logged interval's images over its
+    logged images/s, summed (compilation included, checkpoints and sampling not), whichever process trained it and
+    across resumes. An interval whose start is unknown (the first after a resume from an earlier step) is left
+    out. None when the run logged no throughput."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    total, previous, counted = 0.0, 0, False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            step, rate = int(record["step"]), record.get("images_per_sec")
+            if step > previous and rate:
+                total += (step - previous) * batch_size / rate
+                counted = True
+            previous = step
+    return total if counted else None
+
+
 def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -598,6 +628,7 @@ def main(argv: list[str] | None = None) -> str:
                     "workdir": workdir,
                     "command": "python -m imagen_jax.main " + shlex.join(train_argv),
                     "train_seconds": train_seconds,
+                    "logged_step_seconds": logged_step_seconds(workdir, int(config.train.batch_size)),
                     "eval_settings": settings.to_dict(),
                     "eval": report,
                     "curve": _curve(workdir),

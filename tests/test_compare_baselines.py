@@ -67,6 +67,17 @@ def test_a_recorded_probe_sets_the_steps_without_training(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing probed
 
 
+def test_logged_step_seconds_sum_each_interval_across_a_resume(tmp_path):
+    records = [(10, 20.0), (20, 40.0), (30, 40.0), (20, 80.0), (30, 80.0), (40, 0.0)]
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "images_per_sec": r, "loss": 1.0}) for s, r in records) + "\n"
+    )
+    # batch 4: 10 x 4 / 20 + 10 x 4 / 40 + 10 x 4 / 40; the resumed record at step 20 has no known start and
+    # is left out; then 10 x 4 / 80; a zero rate counts nothing
+    assert compare_baselines.logged_step_seconds(str(tmp_path), 4) == pytest.approx(2 + 1 + 1 + 0.5)
+    assert compare_baselines.logged_step_seconds(str(tmp_path / "none"), 4) is None
+
+
 def test_an_unfinished_probe_is_refused_not_reused(tmp_path):
     args = _args(tmp_path)
     (tmp_path / "out" / "probes" / "gan_shapes_px16").mkdir(parents=True)

@@ -72,8 +72,15 @@ def _augmentation() -> ml_collections.ConfigDict:
 
 def stage_sample_section(single_stage: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
     """How a cascade stage samples, taken from a single-stage config's sample section (sampler, steps, guidance,
-    thresholding), with `extra` (e.g. aug_level, or steps of its own) on top."""
-    keys = ("sampler", "steps", "guidance_scale", "thresholding", "dynamic_threshold_percentile")
+    thresholding, guidance interval), with `extra` (e.g. aug_level, or steps of its own) on top."""
+    keys = (
+        "sampler",
+        "steps",
+        "guidance_scale",
+        "guidance_interval",
+        "thresholding",
+        "dynamic_threshold_percentile",
+    )
     return ml_collections.ConfigDict({k: single_stage[k] for k in keys} | extra)
 
 

@@ -105,6 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sample.sampler = "dpmpp_2m"  # ancestral | ddim | dpmpp_2m | heun
     c.sample.steps = 20
     c.sample.guidance_scale = 3.0
+    # (lo, hi): guidance only where lo <= log-SNR <= hi, the conditional prediction (one pass) elsewhere; ():
+    # every noise level. The cosine schedule spans log-SNR -20..20; the quickstart skips the noisiest steps.
+    c.sample.guidance_interval = ()
     # none | static | dynamic. Dynamic (the paper's, for high guidance) cost this small model ~7 points of
     # held-out judge accuracy at guidance 3 against static clipping (experiments/benchmarks/README.md).
     c.sample.thresholding = "static"

@@ -61,7 +61,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.995
 
     c.sample.temperature = 1.0  # prior standard deviation scale (vae) / softmax temperature (vq); 0: the mode
-    for key in ("sampler", "steps", "guidance_scale", "thresholding", "dynamic_threshold_percentile"):
+    for key in (
+        "sampler",
+        "steps",
+        "guidance_scale",
+        "guidance_interval",
+        "thresholding",
+        "dynamic_threshold_percentile",
+    ):
         del c.sample[key]  # diffusion sampling settings: not used by this family
     c.eval.sweep_option = "temperature"  # mode=eval: FID vs alignment per temperature (not guidance_scale)
     c.eval.sweep_values = (0.5, 0.8, 1.0)

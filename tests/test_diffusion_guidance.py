@@ -104,3 +104,34 @@ def test_make_threshold_fn():
     assert G.make_threshold_fn(fn) is fn
     with pytest.raises(ValueError, match="Unknown thresholding"):
         G.make_threshold_fn("dynamc")
+
+
+def test_an_interval_guides_only_the_examples_inside_it():
+    model = _CountingModel()
+    out = jax.jit(G.classifier_free_guidance(model, 3.0, (0.0, 1.0)))(X, LOG_SNR)  # only 0.5 is inside
+    cond = model(X, LOG_SNR, jnp.zeros(3, bool))
+    uncond = model(X, LOG_SNR, jnp.ones(3, bool))
+    np.testing.assert_allclose(out[1], uncond[1] + 3.0 * (cond[1] - uncond[1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[::2], cond[::2], rtol=1e-5, atol=1e-6)  # w = 1 outside: the conditional
+
+
+def test_a_step_wholly_outside_the_interval_is_one_conditional_call():
+    model = _CountingModel()
+    out = jax.jit(G.classifier_free_guidance(model, 3.0, (5.0, 20.0)))(X, LOG_SNR)
+    np.testing.assert_allclose(out, jnp.tanh(2 * X + LOG_SNR.reshape(-1, 1, 1)), atol=1e-6)
+    assert sorted(model.batch_sizes) == [3, 6]  # both branches traced: the doubled batch and the plain one
+    inside = jax.jit(G.classifier_free_guidance(model, 3.0, (-5.0, 5.0)))(X, LOG_SNR)
+    np.testing.assert_allclose(inside, G.classifier_free_guidance(model, 3.0)(X, LOG_SNR), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad", [(1.0,), (2.0, 1.0), (1.0, 1.0), ("a", 2.0), (0.0, float("nan")), (True, 2.0)]
+)
+def test_a_malformed_interval_is_rejected(bad):
+    with pytest.raises(ValueError, match="guidance_interval"):
+        G.check_interval(bad)
+
+
+def test_an_interval_is_normalised_to_floats():
+    assert G.check_interval([1, 20]) == (1.0, 20.0)
+    assert G.check_interval(()) == () == G.check_interval(None)

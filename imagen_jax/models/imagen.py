@@ -23,7 +23,7 @@ import ml_collections
 
 from imagen_jax.diffusion import objectives, samplers, schedules
 from imagen_jax.diffusion.augmentation import noise_condition_augment, sample_aug_levels
-from imagen_jax.diffusion.guidance import classifier_free_guidance
+from imagen_jax.diffusion.guidance import check_interval, classifier_free_guidance
 from imagen_jax.models.family import Capabilities
 from imagen_jax.models.unet import UNet
 
@@ -33,13 +33,14 @@ SAMPLE_OPTIONS = (
     "sampler",
     "steps",
     "guidance_scale",
+    "guidance_interval",
     "thresholding",
     "dynamic_threshold_percentile",
     "eta",
     "spacing",
 )
 # The sampling settings a stage's sample section may leave out (configs written before they were options).
-SAMPLE_DEFAULTS = {"eta": 0.0, "spacing": "karras"}
+SAMPLE_DEFAULTS = {"eta": 0.0, "spacing": "karras", "guidance_interval": ()}
 # Editing inputs of one generate_stage call (never stage defaults): init_image [S,S,C] or [B,S,S,C] in [-1,1] and
 # strength (0..1, how much of the diffusion to redo; SDEdit); known_image and known_mask [S,S,1] or [B,S,S,1]
 # (1 = keep the known pixel, 0 = regenerate; RePaint-style replacement), resample_steps (RePaint's jumps).
@@ -176,10 +177,17 @@ def _build_stage(name: str, section: ml_collections.ConfigDict, previous: "Stage
             if lowres
             else None
         ),
-        sample_defaults=tuple(
-            (key, section.sample[key] if key in section.sample else SAMPLE_DEFAULTS[key]) for key in keys
-        ),
+        sample_defaults=tuple((key, _sample_default(section.sample, key, f"{where}.sample")) for key in keys),
     )
+
+
+def _sample_default(sample: ml_collections.ConfigDict, key: str, where: str) -> Any:
+    """A stage's default of one sampling option: its sample section's, else SAMPLE_DEFAULTS' (configs written
+    before the option); the guidance interval checked and made a tuple (a saved config.json holds a list)."""
+    value = sample[key] if key in sample else SAMPLE_DEFAULTS[key]
+    if key == "guidance_interval":
+        return check_interval(value, f"{where}.guidance_interval")
+    return value
 
 
 def resize(images: jax.Array, size: int) -> jax.Array:
@@ -350,8 +358,10 @@ class ImagenFamily:
     def sampling_summary(self) -> str:
         """The trained stage's default sampler settings, e.g. 'dpmpp_2m, 20 steps, guidance 3.0, static'."""
         sample = dict(self.train_stage.sample_defaults)
+        interval = sample["guidance_interval"]
+        where = f" at log-SNR {interval[0]:g}..{interval[1]:g}" if interval else ""
         return (
-            f"{sample['sampler']}, {sample['steps']} steps, guidance {sample['guidance_scale']}, "
+            f"{sample['sampler']}, {sample['steps']} steps, guidance {sample['guidance_scale']}{where}, "
             f"{sample['thresholding']} thresholding"
         )
 
@@ -373,7 +383,7 @@ class ImagenFamily:
     ) -> jax.Array:
         """Images [B,S,S,3] in [-1,1] from stage `name` for text [B,L,D] / mask [B,L]; an SR stage also takes
         lowres [B,r,r,3] in [-1,1] (upsampled to S, then noise-augmented at sample.aug_level). Options override
-        the stage's config.sample: sampler, steps, guidance_scale, thresholding, dynamic_threshold_percentile,
+        the stage's config.sample: sampler, steps, guidance_scale, guidance_interval, thresholding, dynamic_threshold_percentile,
         eta, spacing, aug_level, image_size (S; default the stage's image_size). Editing (EDIT_OPTIONS): init_image
         with strength s starts from the image noised to t = s and runs ceil(s * steps) steps (s = 0 returns the
         image itself); known_image with known_mask keeps the known pixels (resample_steps: RePaint's jumps)."""
@@ -421,7 +431,9 @@ class ImagenFamily:
             )
 
         noise = jax.random.normal(noise_rng, (batch, size, size, channels), jnp.float32)
-        model_fn = classifier_free_guidance(model_fn_with_drop, opt("guidance_scale"))
+        model_fn = classifier_free_guidance(
+            model_fn_with_drop, opt("guidance_scale"), check_interval(opt("guidance_interval"))
+        )
         steps, t_start = int(opt("steps")), 1.0
         if edit["init"] is not None and edit["strength"] < 1.0:
             t_start = edit["strength"]

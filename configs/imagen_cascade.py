@@ -19,6 +19,7 @@ The only built-in data are the shapes; a large captioned image source is needed 
 import ml_collections
 
 from imagen_jax.config_files import parse_arg, sibling
+from imagen_jax.models.imagen import SAMPLE_OPTIONS
 
 STAGES = ("base64", "sr256", "sr1024")
 
@@ -71,17 +72,12 @@ def _augmentation() -> ml_collections.ConfigDict:
 
 
 def stage_sample_section(single_stage: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
-    """How a cascade stage samples, taken from a single-stage config's sample section (sampler, steps, guidance,
-    thresholding, guidance interval), with `extra` (e.g. aug_level, or steps of its own) on top."""
-    keys = (
-        "sampler",
-        "steps",
-        "guidance_scale",
-        "guidance_interval",
-        "thresholding",
-        "dynamic_threshold_percentile",
+    """How a cascade stage samples, taken from a single-stage config's sample section (every Imagen sampling
+    option it sets: sampler, steps, guidance, its interval, thresholding, ...), with `extra` (e.g. aug_level, or
+    steps of its own) on top."""
+    return ml_collections.ConfigDict(
+        {k: single_stage[k] for k in SAMPLE_OPTIONS if k in single_stage} | extra
     )
-    return ml_collections.ConfigDict({k: single_stage[k] for k in keys} | extra)
 
 
 def cascade_sample_section(prompts: tuple[str, ...]) -> ml_collections.ConfigDict:

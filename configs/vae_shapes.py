@@ -20,6 +20,7 @@ coloured, placed shapes by step 300. Its discretised bits/dim cannot go below ~5
 import ml_collections
 
 from imagen_jax.config_files import parse_arg, sibling
+from imagen_jax.models.imagen import SAMPLE_OPTIONS
 
 # The variants (flags that combine, e.g. :vq,tiny), shared with configs/vae_coco64.py.
 VARIANTS = dict(tiny=False, vq=False, logistic=False, px16=False)
@@ -61,14 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.995
 
     c.sample.temperature = 1.0  # prior standard deviation scale (vae) / softmax temperature (vq); 0: the mode
-    for key in (
-        "sampler",
-        "steps",
-        "guidance_scale",
-        "guidance_interval",
-        "thresholding",
-        "dynamic_threshold_percentile",
-    ):
+    for key in set(SAMPLE_OPTIONS) & set(c.sample):
         del c.sample[key]  # diffusion sampling settings: not used by this family
     c.eval.sweep_option = "temperature"  # mode=eval: FID vs alignment per temperature (not guidance_scale)
     c.eval.sweep_values = (0.5, 0.8, 1.0)

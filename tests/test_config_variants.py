@@ -151,11 +151,12 @@ def test_data_defaults_are_a_fresh_copy_of_data_defaults():
     assert pipeline.data_defaults().crop == pipeline.DATA_DEFAULTS["crop"] == "center"
 
 
-def test_imagen_shapes_px16_is_the_quickstart():
-    assert (
-        config_module("imagen_shapes").get_config("px16").to_dict()
-        == config_module("quickstart").get_config(None).to_dict()
-    )
+def test_imagen_shapes_px16_is_the_quickstart_guided_at_low_noise_only():
+    px16 = config_module("imagen_shapes").get_config("px16").to_dict()
+    quickstart = config_module("quickstart").get_config(None).to_dict()
+    assert px16["sample"].pop("guidance_interval") == (1.0, 20.0)
+    assert quickstart["sample"].pop("guidance_interval") == ()
+    assert px16 == quickstart
     assert config_module("imagen_shapes").get_config(None).to_dict() == (
         config_module("shapes_base").get_config(None).to_dict()
     )

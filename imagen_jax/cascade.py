@@ -21,7 +21,13 @@ from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.evaluation.grid import write_grid
 from imagen_jax.experiment import Experiment
 from imagen_jax.models.imagen import resize
-from imagen_jax.sample import SamplingError, check_prompts, compiled_generate, judge_or_none
+from imagen_jax.sample import (
+    SamplingError,
+    background_or_none,
+    check_prompts,
+    compiled_generate,
+    judge_or_none,
+)
 
 PyTree = Any
 
@@ -123,6 +129,8 @@ class CascadeSamples:
     grid_judge: dict[str, float] | None
     heldout_judge: dict[str, float] | None
     edit_grid: str = ""  # samples/cascade_edit.png: input, mask and results, when the first stage was edited
+    # evaluation.background.background_error of the last stage's held-out images (with heldout_judge)
+    heldout_background: dict[str, float] | None = None
 
 
 def sample_cascade(
@@ -177,20 +185,28 @@ def sample_cascade(
         grids[name] = os.path.join(samples_dir, f"cascade_{name}.png")
         write_grid(images, grid_prompts, grids[name], columns=sample.num_per_prompt)
     last = stages[-1].name
-    heldout_judge = None
+    heldout_judge = heldout_background = None
     edit_grid = ""
     if edit is not None:
         edit_grid = os.path.join(samples_dir, "cascade_edit.png")
         editing.write_edit_grid(edit, outputs[last], grid_prompts, edit_grid, sample.num_per_prompt)
     if sample.judge_prompts and lowres is None and edit is None:
         heldout = exp.dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
-        heldout_judge = judge_accuracy(run(heldout, jax.random.fold_in(rng, 1), None)[last], heldout)
+        heldout_images = run(heldout, jax.random.fold_in(rng, 1), None)[last]
+        heldout_judge = judge_accuracy(heldout_images, heldout)
+        heldout_background = background_or_none(heldout_images)
     result = CascadeSamples(
-        steps, grids, last, judge_or_none(outputs[last], grid_prompts), heldout_judge, edit_grid
+        steps,
+        grids,
+        last,
+        judge_or_none(outputs[last], grid_prompts),
+        heldout_judge,
+        edit_grid,
+        heldout_background,
     )
     record = dataclasses.asdict(result)
     if heldout_judge is None:  # as written before this was a dataclass: the key only when it was measured
-        del record["heldout_judge"]
+        del record["heldout_judge"], record["heldout_background"]
     if not edit_grid:
         del record["edit_grid"]
     with open(os.path.join(samples_dir, "cascade.json"), "w", encoding="utf-8") as f:

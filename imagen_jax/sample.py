@@ -1,10 +1,12 @@
 """Sampling from a trained single-stage family: images for prompts, a captioned PNG grid, and the judge's verdict
 on them. A cascade is sampled stage after stage by cascade.py, with the same pieces."""
 
+import ast
 import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +16,7 @@ import numpy as np
 from imagen_jax import activation_sharding, editing, rerank
 from imagen_jax.errors import UserError
 from imagen_jax.evaluation.alignment import judge_accuracy
+from imagen_jax.evaluation.background import background_error
 from imagen_jax.evaluation.grid import write_grid
 from imagen_jax.experiment import Experiment
 
@@ -22,6 +25,28 @@ PyTree = Any
 
 class SamplingError(UserError):
     """The sampling request cannot be served (e.g. no prompts)."""
+
+
+def set_sampling_option(config: Any, item: str) -> None:
+    """Sets one key of how a trained run samples, from KEY=VALUE (`sample.steps=50`, `stages.sr64.sample.steps=30`;
+    the value read as a Python literal, else kept as a word: `sample.sampler=ancestral`). Only sample.* keys, so
+    that a sampling ablation still judges the checkpoints as the experiment they were trained in."""
+    key, sep, text = item.partition("=")
+    if not sep or not re.fullmatch(r"(stages\.\w+\.)?sample\.\w+", key):
+        raise SamplingError(f"{item!r}: give KEY=VALUE with a sample.* or stages.<name>.sample.* key.")
+    *path, leaf = key.split(".")
+    section = config
+    for part in path:
+        if part not in section:
+            raise SamplingError(f"{item!r}: {key} is not a key of the config.")
+        section = section[part]
+    if leaf not in section:
+        raise SamplingError(f"{item!r}: {key} is not a key of the config.")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a word: a sampler's name
+    section[leaf] = value
 
 
 @functools.partial(jax.jit, static_argnames=("generate", "static_args", "static_options", "placement"))
@@ -225,6 +250,7 @@ def sample_and_judge(
         heldout = exp.dataset.prompts(sample.judge_prompts, split="holdout", seed=sample.seed)
         heldout_images = generate(exp, params, heldout, jax.random.fold_in(rng, 1), chunk=chunk, **options)
         result["heldout_judge"] = judge_accuracy(heldout_images, heldout)
+        result["heldout_background"] = background_or_none(heldout_images)
     with open(os.path.join(samples_dir, f"step_{step}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     return result
@@ -236,6 +262,24 @@ def judge_or_none(images: np.ndarray, prompts: Sequence[str]) -> dict[str, float
         return judge_accuracy(images, prompts)
     except ValueError:
         return None
+
+
+def background_or_none(images: np.ndarray) -> dict[str, float] | None:
+    """evaluation.background.background_error of shapes samples, or None when no image has a background left."""
+    try:
+        return background_error(images)
+    except ValueError:
+        return None
+
+
+def format_background(name: str, errors: dict[str, float] | None) -> str:
+    """One line: '<name>: tint 12.2, RMS 13.6 (0..255 from the data's flat background, which scores 0; 256 samples)'."""
+    if errors is None:
+        return f"{name}: n/a (no sample has a background pixel left)"
+    return (
+        f"{name}: tint {errors['tint']:.1f}, RMS {errors['rms']:.1f} (0..255 from the data's flat background, "
+        f"which scores 0; {int(errors['count'])} samples)"
+    )
 
 
 def format_judge(name: str, scores: dict[str, float] | None) -> str:

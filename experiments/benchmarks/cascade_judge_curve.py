@@ -28,11 +28,9 @@ python experiments/benchmarks/cascade_judge_curve.py --workdir /tmp/sc64 --stage
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
 import json
 import os
-import re
 import time
 
 import jax
@@ -44,6 +42,7 @@ from imagen_jax import workdir as workdir_lib
 from imagen_jax.data.shapes import parse_caption, render
 from imagen_jax.evaluation.alignment import judge_accuracy
 from imagen_jax.models.imagen import resize
+from imagen_jax.sample import SamplingError, set_sampling_option
 
 
 def main() -> None:
@@ -81,7 +80,10 @@ def main() -> None:
         raise SystemExit(f"{args.workdir} holds no cascade config.json: train a cascade stage there first.")
     config.train_stage = args.stage
     for item in args.sample:
-        _set_sampling(config, item)
+        try:
+            set_sampling_option(config, item)
+        except SamplingError as err:
+            raise SystemExit(f"--sample {err}") from None
     exp = experiment.build(config, args.workdir)
     stages = exp.family.cascade_range("", args.stage)
     target = stages[-1]
@@ -138,25 +140,6 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
     if args.plot:
         plot(_read_rows(args.out, args.stage) if args.out else rows, args.plot, args.goal)
-
-
-def _set_sampling(config, item: str) -> None:
-    """Sets one key of how the cascade samples (`stages.sr64.sample.steps=30`): only sampling keys, so that the
-    checkpoints are still judged as the experiment they were trained in."""
-    key, sep, text = item.partition("=")
-    if not sep or not re.fullmatch(r"(stages\.\w+\.)?sample\.\w+", key):
-        raise SystemExit(f"--sample {item!r}: give KEY=VALUE with a sample.* or stages.<name>.sample.* key.")
-    *path, leaf = key.split(".")
-    section = config
-    for part in path:
-        section = section[part]
-    if leaf not in section:
-        raise SystemExit(f"--sample {item!r}: {key} is not a key of the config.")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # a word: a sampler's name
-    section[leaf] = value
 
 
 def _unix_time(text: str) -> float:

@@ -28,6 +28,7 @@ def report_samples(
     print(sample.format_judge("judge accuracy", result["grid_judge"]))
     if "heldout_judge" in result:
         print(sample.format_judge("held-out judge accuracy", result["heldout_judge"]))
+        print(sample.format_background("held-out backgrounds", result["heldout_background"]))
 
 
 def report_cascade(
@@ -54,6 +55,7 @@ def report_cascade(
     print(sample.format_judge(f"judge accuracy at stage {result.final_stage}", result.grid_judge))
     if result.heldout_judge is not None:
         print(sample.format_judge("held-out judge accuracy", result.heldout_judge))
+        print(sample.format_background("held-out backgrounds", result.heldout_background))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, prompts: list[str]) -> None:

@@ -1,0 +1,57 @@
+"""How far generated shapes images' backgrounds are from the data's: the tint a sampler or model leaves behind.
+
+Every image of the built-in shapes data is drawn on one flat colour, data.shapes.BACKGROUND (24, 24, 24), so a
+sample's background pixels should all be exactly that colour. The judge (evaluation/alignment.py) reads only the
+objects and cannot see a tinted or speckled background; these numbers can.
+
+    errors = background_error(images)     # images [N, H, W, 3], uint8 or float in [-1, 1]
+    errors["tint"]    # mean over images of |mean background colour - BACKGROUND| (Euclidean, 0..255 units)
+    errors["rms"]     # mean over images of the background pixels' RMS distance from BACKGROUND (0..255 units)
+
+A pixel is background when neither it nor any of its 8 neighbours is further than OBJECT_THRESHOLD from
+BACKGROUND in any channel (objects are saturated palette colours, >= 100 away; their anti-aliased edges touch a
+pixel that far). The data's own images score exactly 0 on both.
+"""
+
+import numpy as np
+from scipy import ndimage
+
+from imagen_jax.data import shapes
+
+# A channel this far (0..255) from the background marks an object pixel; a tint of a few units stays below it.
+OBJECT_THRESHOLD = 32.0
+
+_BACKGROUND = np.asarray(shapes.BACKGROUND, np.float64)
+
+
+def _to_uint8_scale(images: np.ndarray) -> np.ndarray:
+    """float64 [N, H, W, 3] in 0..255, from uint8 or from float in [-1, 1]."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected images [N, H, W, 3], got shape {images.shape}")
+    if np.issubdtype(images.dtype, np.floating):
+        return (np.clip(images.astype(np.float64), -1.0, 1.0) + 1.0) * 127.5
+    return images.astype(np.float64)
+
+
+def background_mask(image: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the pixels of one image ([H, W, 3] in 0..255) that no object reaches."""
+    near_object = np.abs(image - _BACKGROUND).max(axis=-1) > OBJECT_THRESHOLD
+    return ~ndimage.binary_dilation(near_object, structure=np.ones((3, 3), bool))
+
+
+def background_error(images: np.ndarray) -> dict[str, float]:
+    """{"tint", "rms", "count"}: the mean over images of their background's colour offset and RMS deviation
+    from the data's background (0..255 units; see the module docstring), and how many images had a background
+    to measure (an image that objects cover entirely has none and is left out)."""
+    pixels = _to_uint8_scale(images)
+    tints, rms = [], []
+    for image in pixels:
+        background = image[background_mask(image)] - _BACKGROUND  # [P, 3]
+        if len(background) == 0:
+            continue
+        tints.append(float(np.linalg.norm(background.mean(axis=0))))
+        rms.append(float(np.sqrt((background**2).sum(axis=1).mean())))
+    if not tints:
+        raise ValueError("no image has a background pixel to measure (every pixel is near an object)")
+    return {"tint": float(np.mean(tints)), "rms": float(np.mean(rms)), "count": len(tints)}

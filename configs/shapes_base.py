@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"
     c.diffusion.prediction = "v"  # well-conditioned at all noise levels: few-step samplers work early on
-    c.diffusion.loss_weighting = "uniform"  # uniform | min_snr
+    c.diffusion.loss_weighting = "uniform"  # uniform | min_snr | truncated_min_snr
     c.diffusion.min_snr_gamma = 5.0
     c.diffusion.cond_drop_prob = 0.1  # text dropped this often, for classifier-free guidance
 

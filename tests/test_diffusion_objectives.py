@@ -102,21 +102,30 @@ def test_uniform_loss_is_mse():
     np.testing.assert_allclose(loss, 0.25, rtol=1e-6)
 
 
-def test_min_snr_weighting_is_min_snr_gamma_in_x0_space():
-    """A fixed error d in x0 costs min(SNR, gamma) |d|^2, whatever the network predicts (Hang et al. 2023)."""
+@pytest.mark.parametrize(
+    "weighting, floor",
+    [("min_snr", 0.0), ("truncated_min_snr", 1.0)],
+)
+def test_min_snr_weightings_are_clipped_snr_in_x0_space(weighting, floor):
+    """A fixed error d in x0 costs clip(SNR, floor, gamma) |d|^2, whatever the network predicts: min(SNR, gamma)
+    for min-SNR (Hang et al. 2023), clip(SNR, 1, gamma) with Salimans & Ho's (2022) truncation below."""
     x0, eps = _data(7)
     d = 0.1 * jax.random.normal(jax.random.PRNGKey(8), x0.shape)
     x_t = O.q_sample(x0, LOG_SNR, eps)
     gamma = 5.0
-    expected = np.minimum(np.exp(np.asarray(LOG_SNR, np.float64)), gamma) * np.mean(
+    expected = np.clip(np.exp(np.asarray(LOG_SNR, np.float64)), floor, gamma) * np.mean(
         np.asarray(d).reshape(B, -1) ** 2, axis=1
     )
     for prediction in O.PREDICTIONS:
         pred = O.from_x0(x0 + d, x_t, LOG_SNR, prediction)
         loss = O.diffusion_loss(
-            pred, x0, eps, LOG_SNR, prediction=prediction, weighting="min_snr", min_snr_gamma=gamma
+            pred, x0, eps, LOG_SNR, prediction=prediction, weighting=weighting, min_snr_gamma=gamma
         )
         np.testing.assert_allclose(loss, expected, rtol=2e-3, err_msg=prediction)
+    weights = O.loss_weight(
+        jnp.array([-60.0, 60.0]), prediction="eps", weighting=weighting, min_snr_gamma=gamma
+    )
+    assert bool(jnp.all(jnp.isfinite(weights))), weights  # no overflow at the schedule's far ends
     np.testing.assert_allclose(O.loss_weight(LOG_SNR, prediction="x0", weighting="uniform"), 1.0)
 
 
@@ -126,6 +135,8 @@ def test_bad_names_are_rejected():
         O.diffusion_loss(x0, x0, eps, LOG_SNR, prediction="noise")
     with pytest.raises(ValueError, match="Unknown loss weighting"):
         O.diffusion_loss(x0, x0, eps, LOG_SNR, prediction="eps", weighting="p2")
+    with pytest.raises(ValueError, match="at least 1"):
+        O.loss_weight(LOG_SNR, prediction="v", weighting="truncated_min_snr", min_snr_gamma=0.5)
 
 
 def test_sample_training_inputs():

@@ -15,7 +15,7 @@ from imagen_jax.diffusion.schedules import alpha_sigma
 Array = jax.Array
 
 PREDICTIONS = ("eps", "x0", "v")
-WEIGHTINGS = ("uniform", "min_snr")
+WEIGHTINGS = ("uniform", "min_snr", "truncated_min_snr")
 
 
 def check_prediction(prediction: str) -> None:
@@ -134,23 +134,31 @@ def training_targets(x0: Array, noise: Array, log_snr: Array, prediction: str) -
 
 
 def loss_weight(log_snr: Array, *, prediction: str, weighting: str = "uniform", min_snr_gamma: float = 5.0):
-    """Per-example loss weight [B]. "uniform": 1. "min_snr" (Hang et al. 2023) makes the effective x0-space
-    weight min(SNR, gamma): min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0,
-    min(SNR, gamma) / (SNR + 1) for v."""
+    """Per-example loss weight [B], stated as the weight w_x0 it puts on a squared error in x0 (the weight on the
+    prediction's own error is w_x0 / SNR for eps, w_x0 for x0, w_x0 / (SNR + 1) for v).
+    "uniform": 1 on the prediction's own error (w_x0 = SNR, 1 or SNR + 1 for eps, x0, v).
+    "min_snr" (Hang et al. 2023): w_x0 = min(SNR, gamma), which clamps the easy high-SNR levels but leaves
+    w_x0 = SNR -> 0 at low SNR, where an image's lowest frequencies (its mean colour) are decided.
+    "truncated_min_snr": w_x0 = clip(SNR, 1, gamma), the same clamp with Salimans & Ho's (2022) truncation
+    max(SNR, 1) below: the low-SNR levels keep the weight v-prediction's plain loss gives them."""
     check_prediction(prediction)
     log_snr = jnp.asarray(log_snr, jnp.float32)
     if weighting == "uniform":
         return jnp.ones_like(log_snr)
-    if weighting != "min_snr":
+    if weighting not in WEIGHTINGS:
         raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
-    if min_snr_gamma <= 0:
-        raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
-    clipped_over_snr = jnp.minimum(1.0, min_snr_gamma * jnp.exp(-log_snr))  # min(SNR, gamma) / SNR
-    if prediction == "eps":
-        return clipped_over_snr
+    if min_snr_gamma <= 0 or (weighting == "truncated_min_snr" and min_snr_gamma < 1):
+        raise ValueError(
+            f"min_snr_gamma must be positive ({weighting!r}: at least 1, the truncation), got {min_snr_gamma}"
+        )
+    floor = 1.0 if weighting == "truncated_min_snr" else 0.0
+    if prediction == "eps":  # w_x0 / SNR = clip(1, floor / SNR, gamma / SNR), without forming SNR's overflow
+        inverse_snr = jnp.exp(-log_snr)
+        return jnp.minimum(jnp.maximum(1.0, floor * inverse_snr), min_snr_gamma * inverse_snr)
+    x0_weight = jnp.clip(jnp.exp(log_snr), floor, min_snr_gamma)
     if prediction == "x0":
-        return jnp.minimum(jnp.exp(log_snr), min_snr_gamma)
-    return clipped_over_snr * jax.nn.sigmoid(log_snr)  # SNR / (SNR + 1) * min(SNR, gamma) / SNR
+        return x0_weight
+    return x0_weight * jax.nn.sigmoid(-log_snr)  # / (SNR + 1)
 
 
 def diffusion_loss(

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from imagen_jax.data import shapes
-from imagen_jax.evaluation.background import OBJECT_THRESHOLD, background_error, background_mask
+from imagen_jax.evaluation.background import (
+    OBJECT_THRESHOLD,
+    background_error,
+    background_mask,
+    background_offsets,
+)
 
 
 @pytest.mark.parametrize(("size", "objects"), [(16, 1), (32, 2)])
@@ -34,6 +39,18 @@ def test_zero_mean_noise_is_rms_without_tint():
     errors = background_error(image.astype(np.uint8))
     assert errors["tint"] == pytest.approx(0.0, abs=1e-12)
     assert errors["rms"] == pytest.approx(4.0 * math.sqrt(3.0))
+
+
+def test_offsets_split_a_shared_cast_from_each_samples_own():
+    """Backgrounds shifted by +c and -c: the offsets average to 0 (no shared cast), yet each has tint |c|."""
+    images = np.round((shapes.ShapesDataset(16).batch(2, 8)["images"] + 1) * 127.5)
+    cast = np.array([6.0, 0.0, -2.0])
+    images[:4] += cast
+    images[4:] -= cast
+    offsets, rms = background_offsets(np.clip(images, 0, 255).astype(np.uint8))
+    np.testing.assert_allclose(offsets[:4], np.broadcast_to(cast, (4, 3)), atol=1e-9)
+    np.testing.assert_allclose(offsets.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(rms, math.sqrt(40.0), atol=1e-9)
 
 
 def test_object_pixels_and_their_neighbours_are_not_background():

@@ -40,18 +40,26 @@ def background_mask(image: np.ndarray) -> np.ndarray:
     return ~ndimage.binary_dilation(near_object, structure=np.ones((3, 3), bool))
 
 
+def background_offsets(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [M, 3], rms [M]): per image that has a background pixel (M <= N of images [N, H, W, 3], uint8 or
+    float in [-1, 1]), its background's mean colour minus BACKGROUND and its pixels' RMS distance (0..255 units).
+    The offsets' mean over images is a cast shared by all samples (a bias); their spread, each sample's own."""
+    offsets, rms = [], []
+    for image in _to_uint8_scale(images):
+        background = image[background_mask(image)] - _BACKGROUND  # [P, 3]
+        if len(background) == 0:
+            continue
+        offsets.append(background.mean(axis=0))
+        rms.append(float(np.sqrt((background**2).sum(axis=1).mean())))
+    return np.reshape(offsets, (-1, 3)), np.asarray(rms, np.float64)
+
+
 def background_error(images: np.ndarray) -> dict[str, float]:
     """{"tint", "rms", "count"}: the mean over images of their background's colour offset and RMS deviation
     from the data's background (0..255 units; see the module docstring), and how many images had a background
     to measure (an image that objects cover entirely has none and is left out)."""
-    pixels = _to_uint8_scale(images)
-    tints, rms = [], []
-    for image in pixels:
-        background = image[background_mask(image)] - _BACKGROUND  # [P, 3]
-        if len(background) == 0:
-            continue
-        tints.append(float(np.linalg.norm(background.mean(axis=0))))
-        rms.append(float(np.sqrt((background**2).sum(axis=1).mean())))
-    if not tints:
+    offsets, rms = background_offsets(images)
+    if not len(rms):
         raise ValueError("no image has a background pixel to measure (every pixel is near an object)")
-    return {"tint": float(np.mean(tints)), "rms": float(np.mean(rms)), "count": len(tints)}
+    tints = np.linalg.norm(offsets, axis=1)
+    return {"tint": float(tints.mean()), "rms": float(rms.mean()), "count": len(rms)}

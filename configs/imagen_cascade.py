@@ -48,6 +48,7 @@ def _diffusion(schedule: str) -> ml_collections.ConfigDict:
             loss_weighting="uniform",
             min_snr_gamma=5.0,
             cond_drop_prob=0.1,
+            offset_noise=0.0,
         )
     )
 

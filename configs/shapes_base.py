@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.loss_weighting = "uniform"  # uniform | min_snr | truncated_min_snr
     c.diffusion.min_snr_gamma = 5.0
     c.diffusion.cond_drop_prob = 0.1  # text dropped this often, for classifier-free guidance
+    c.diffusion.offset_noise = 0.0  # std of a per-(image, channel) constant added to the training noise
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 500

@@ -68,6 +68,7 @@ RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     (r"text\.max_length", _INT, 2, None),
     (r"text\.(vocab_size|encode_batch_size)", _INT, 1, None),
     (r"(stages\.[^.]+\.)?diffusion\.(cond_drop_prob)", _NUMBER, 0, 1),
+    (r"(stages\.[^.]+\.)?diffusion\.offset_noise", _NUMBER, 0, None),
     (r"(stages\.[^.]+\.)?model\.dropout", _NUMBER, 0, 1),
     (r"eval\.(num_samples|kid_subsets|kid_subset_size|grid_images|pr_k)", _INT, 0, None),
     (r"compile\.(batch_size|sample_batch_size)", _INT, 0, None),

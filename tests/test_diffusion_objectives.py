@@ -152,3 +152,22 @@ class _Linear:
 
     def t_from_log_snr(self, log_snr):
         return -log_snr
+
+
+def test_offset_noise_adds_a_per_channel_constant_of_its_strength():
+    """The noise's per-(example, channel) spatial mean has variance 1 / (H W) + offset^2 (Guttenberg 2023); the
+    residual after removing it is the plain draw's, and 0 leaves the draws exactly as without the option."""
+    x0 = jnp.zeros((4096, 4, 4, 3))
+    rng = jax.random.PRNGKey(3)
+    plain = O.sample_training_inputs(rng, x0, _Linear())
+    for a, b in zip(plain, O.sample_training_inputs(rng, x0, _Linear(), offset_noise=0.0), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x_t, log_snr, noise = O.sample_training_inputs(rng, x0, _Linear(), offset_noise=0.5)
+    np.testing.assert_array_equal(log_snr, plain[1])
+    np.testing.assert_allclose(x_t, O.q_sample(x0, log_snr, noise), atol=1e-6)
+    means = np.asarray(noise).mean(axis=(1, 2))  # [4096, 3]
+    assert np.var(means) == pytest.approx(1 / 16 + 0.25, rel=0.05)
+    residual = np.asarray(noise - plain[2])  # the offset alone: constant over space
+    np.testing.assert_allclose(residual, np.broadcast_to(residual[:, :1, :1, :], residual.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="offset_noise"):
+        O.sample_training_inputs(rng, x0, _Linear(), offset_noise=-0.1)

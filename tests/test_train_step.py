@@ -60,6 +60,20 @@ def test_train_steps_reduce_the_loss_on_a_fixed_batch(setup, jitted_step):
     assert after < 0.8 * before, (before, after)
 
 
+def test_offset_noise_reaches_the_loss_and_old_configs_train_without_it(setup):
+    config, family, batch, state, _ = setup
+    key = jax.random.key(5)
+    plain = float(family.loss(state.params, batch, key))
+    offset_config = copy.deepcopy(config)
+    offset_config.diffusion.offset_noise = 0.3
+    assert float(steps.from_config(offset_config)[0].loss(state.params, batch, key)) != pytest.approx(
+        plain, 1e-3
+    )
+    old_config = copy.deepcopy(config)  # a config.json written before the option
+    del old_config.diffusion["offset_noise"]
+    assert float(steps.from_config(old_config)[0].loss(state.params, batch, key)) == plain
+
+
 def test_ema_update_closed_form():
     ema = {"w": jnp.array([1.0, 2.0])}
     params = {"w": jnp.array([3.0, -2.0])}

@@ -288,6 +288,7 @@ def test_truncate_after_keeps_each_step_once_and_drops_what_cannot_be_read(tmp_p
         ("--config.sample.guidance_scale=-1.0", "sample.guidance_scale=-1.0 must be >= 0"),
         ("--config.train.ema_decay=1.5", "train.ema_decay=1.5 must be in [0, 1]"),
         ("--config.diffusion.cond_drop_prob=-0.1", "diffusion.cond_drop_prob=-0.1 must be in [0, 1]"),
+        ("--config.diffusion.offset_noise=-0.1", "diffusion.offset_noise=-0.1 must be >= 0"),
         ("--config.train.batch_size=7", "train.batch_size=7 must be divisible by data x fsdp = 8"),
         ("--config.sample.num_per_prompt=100000", "sample.num_per_prompt <= 3289"),
         ("--config.train.stepz=3", '--config.train.stepz: no such key in the config (Did you mean "steps"'),

@@ -179,10 +179,23 @@ def diffusion_loss(
     return mse * jnp.broadcast_to(weight, mse.shape)
 
 
-def sample_training_inputs(rng: Array, x0: Array, schedule) -> tuple[Array, Array, Array]:
-    """(x_t, log_snr [B], noise) for a training step: t ~ U(0, 1) per example, noise ~ N(0, I)."""
-    t_rng, n_rng = jax.random.split(rng)
+def sample_training_inputs(
+    rng: Array, x0: Array, schedule, offset_noise: float = 0.0
+) -> tuple[Array, Array, Array]:
+    """(x_t, log_snr [B], noise) for a training step: t ~ U(0, 1) per example, noise ~ N(0, I) for x0 [B, H, W, C].
+
+    offset_noise > 0 adds a per-(example, channel) constant of that standard deviation to the noise (offset noise,
+    Guttenberg 2023): the noise's spatial mean, otherwise only 1 / sqrt(H W) strong, then varies enough that the
+    network learns to set an image's mean colour itself instead of keeping the noise's. The target is the noise
+    actually added."""
+    if offset_noise < 0:
+        raise ValueError(f"offset_noise must be >= 0, got {offset_noise}")
+    t_rng, n_rng = jax.random.split(rng)  # as before offset noise existed: the same draws without it
     t = jax.random.uniform(t_rng, (x0.shape[0],))
     log_snr = schedule.log_snr(t)
     noise = jax.random.normal(n_rng, x0.shape, x0.dtype)
+    if offset_noise:
+        offset_shape = (x0.shape[0],) + (1,) * (x0.ndim - 2) + (x0.shape[-1],)
+        offset = jax.random.normal(jax.random.fold_in(n_rng, 1), offset_shape, x0.dtype)
+        noise = noise + offset_noise * offset
     return q_sample(x0, log_snr, noise), log_snr, noise

@@ -92,13 +92,14 @@ def stage_sections(config: ml_collections.ConfigDict) -> list[tuple[str, ml_coll
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionSpec:
-    """How a stage is trained: the model's prediction target, the loss weighting (and min-SNR's gamma) and how
-    often the text is dropped for classifier-free guidance."""
+    """How a stage is trained: the model's prediction target, the loss weighting (and min-SNR's gamma), how
+    often the text is dropped for classifier-free guidance, and the offset noise's strength (0: none)."""
 
     prediction: str
     loss_weighting: str
     min_snr_gamma: float
     cond_drop_prob: float
+    offset_noise: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +172,7 @@ def _build_stage(name: str, section: ml_collections.ConfigDict, previous: "Stage
             loss_weighting=diffusion.loss_weighting,
             min_snr_gamma=float(diffusion.min_snr_gamma),
             cond_drop_prob=float(diffusion.cond_drop_prob),
+            offset_noise=_offset_noise(diffusion, where),
         ),
         augmentation=(
             AugmentationSpec(section.augmentation.schedule, float(section.augmentation.max_level))
@@ -187,6 +189,14 @@ def _sample_default(sample: ml_collections.ConfigDict, key: str, where: str) -> 
     value = sample[key] if key in sample else SAMPLE_DEFAULTS[key]
     if key == "guidance_interval":
         return check_interval(value, f"{where}.guidance_interval")
+    return value
+
+
+def _offset_noise(diffusion: ml_collections.ConfigDict, where: str) -> float:
+    """diffusion.offset_noise (0 for configs written before it), checked: a standard deviation, so >= 0."""
+    value = float(diffusion.get("offset_noise", 0.0))
+    if not value >= 0.0:
+        raise ValueError(f"{where}.diffusion.offset_noise={value} must be >= 0 (0: plain Gaussian noise).")
     return value
 
 
@@ -322,7 +332,9 @@ class ImagenFamily:
         noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
         input_rng = jax.random.fold_in(rng, 3)  # crops and augmentation (unused by a whole-image base stage)
         x0, lowres, aug_log_snr = self.stage_inputs(batch["images"], input_rng)
-        x_t, log_snr, noise = objectives.sample_training_inputs(noise_rng, x0, self.train_stage.schedule)
+        x_t, log_snr, noise = objectives.sample_training_inputs(
+            noise_rng, x0, self.train_stage.schedule, diffusion.offset_noise
+        )
         drop_text = jax.random.bernoulli(drop_rng, diffusion.cond_drop_prob, x0.shape[:1])
         kwargs = {"lowres": lowres, "aug_log_snr": aug_log_snr} if lowres is not None else {}
         pred = self.unet.apply(

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from imagen_jax import experiment, sample  # noqa: E402
 from imagen_jax import workdir as workdir_lib  # noqa: E402
 from imagen_jax.evaluation.alignment import judge_accuracy  # noqa: E402
-from imagen_jax.evaluation.background import background_error, background_offsets  # noqa: E402
+from imagen_jax.evaluation.background import background_offsets, summarize_offsets  # noqa: E402
 
 
 def describe_sampler(options) -> str:
@@ -108,13 +108,13 @@ def measure(
     images = sample.generate_for_prompts(exp, params, heldout, rng, chunk=chunk)
     seconds = time.perf_counter() - start
     judge = judge_accuracy(images, heldout)
-    background = background_error(images)
-    offsets, _ = background_offsets(images)
+    offsets, rms = background_offsets(images)
+    background = summarize_offsets(offsets, rms)
     return {
         "workdir": workdir,
         "seed": int(config.seed),
         "step": step,
-        "sampling": settings,
+        "sampling": [*settings, "zero_mean_noise"] if zero_mean_noise else settings,
         "sampler": describe_sampler(config.sample),
         "prompts": count,
         "heldout": round(judge["all"], 4),
@@ -154,8 +154,6 @@ def main() -> None:
             "label": args.label,
             **measure(workdir, args.sample, args.prompts or None, args.step, args.zero_mean_noise),
         }
-        if args.zero_mean_noise:
-            row["sampling"] = [*row["sampling"], "zero_mean_noise"]
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a", encoding="utf-8") as f:

@@ -433,7 +433,7 @@ _DIRECTION_SQ = (_DIRECTIONS**2).sum(axis=1)
 _STRUCTURE = np.ones((3, 3), bool)
 
 
-def _to_uint8_scale(image: np.ndarray) -> np.ndarray:
+def to_uint8_scale(image: np.ndarray) -> np.ndarray:
     """float32 [H, W, 3] in 0..255 from uint8, or from float in [-1, 1]."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -489,7 +489,7 @@ def _fit_shape(soft: np.ndarray, cx: float, cy: float, area: float, y0: int, x0:
 
 def judge_image(image: np.ndarray) -> list[DetectedObject]:
     """Objects read from an image (uint8 [H, W, 3], or float in [-1, 1]), largest first."""
-    pixels = _to_uint8_scale(image)
+    pixels = to_uint8_scale(image)
     height, width = pixels.shape[:2]
     alpha, residual = _colour_lines(pixels.reshape(-1, 3))
     # The pixel's colour is its nearest colour line; it is a core pixel if it lies far enough along it.

@@ -24,16 +24,6 @@ OBJECT_THRESHOLD = 32.0
 _BACKGROUND = np.asarray(shapes.BACKGROUND, np.float64)
 
 
-def _to_uint8_scale(images: np.ndarray) -> np.ndarray:
-    """float64 [N, H, W, 3] in 0..255, from uint8 or from float in [-1, 1]."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected images [N, H, W, 3], got shape {images.shape}")
-    if np.issubdtype(images.dtype, np.floating):
-        return (np.clip(images.astype(np.float64), -1.0, 1.0) + 1.0) * 127.5
-    return images.astype(np.float64)
-
-
 def background_mask(image: np.ndarray) -> np.ndarray:
     """bool [H, W]: the pixels of one image ([H, W, 3] in 0..255) that no object reaches."""
     near_object = np.abs(image - _BACKGROUND).max(axis=-1) > OBJECT_THRESHOLD
@@ -44,9 +34,13 @@ def background_offsets(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [M, 3], rms [M]): per image that has a background pixel (M <= N of images [N, H, W, 3], uint8 or
     float in [-1, 1]), its background's mean colour minus BACKGROUND and its pixels' RMS distance (0..255 units).
     The offsets' mean over images is a cast shared by all samples (a bias); their spread, each sample's own."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected images [N, H, W, 3], got shape {images.shape}")
     offsets, rms = [], []
-    for image in _to_uint8_scale(images):
-        background = image[background_mask(image)] - _BACKGROUND  # [P, 3]
+    for image in images:
+        pixels = shapes.to_uint8_scale(image).astype(np.float64)
+        background = pixels[background_mask(pixels)] - _BACKGROUND  # [P, 3]
         if len(background) == 0:
             continue
         offsets.append(background.mean(axis=0))
@@ -54,12 +48,16 @@ def background_offsets(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.reshape(offsets, (-1, 3)), np.asarray(rms, np.float64)
 
 
-def background_error(images: np.ndarray) -> dict[str, float]:
-    """{"tint", "rms", "count"}: the mean over images of their background's colour offset and RMS deviation
-    from the data's background (0..255 units; see the module docstring), and how many images had a background
-    to measure (an image that objects cover entirely has none and is left out)."""
-    offsets, rms = background_offsets(images)
+def summarize_offsets(offsets: np.ndarray, rms: np.ndarray) -> dict[str, float]:
+    """background_error from background_offsets' (offsets [M, 3], rms [M]), for a caller that also keeps them."""
     if not len(rms):
         raise ValueError("no image has a background pixel to measure (every pixel is near an object)")
     tints = np.linalg.norm(offsets, axis=1)
     return {"tint": float(tints.mean()), "rms": float(rms.mean()), "count": len(rms)}
+
+
+def background_error(images: np.ndarray) -> dict[str, float]:
+    """{"tint", "rms", "count"}: the mean over images of their background's colour offset and RMS deviation
+    from the data's background (0..255 units; see the module docstring), and how many images had a background
+    to measure (an image that objects cover entirely has none and is left out)."""
+    return summarize_offsets(*background_offsets(images))

@@ -34,6 +34,7 @@ def _model(**fields) -> ml_collections.ConfigDict:
             cross_attn_levels=(),
             attn_levels=(),
             attention_implementation="xla",  # "cudnn" on NVIDIA GPUs
+            norm_groups=32,  # GroupNorm32 (Nichol-Dhariwal's, Imagen's)
         )
     )
     model.update(fields)

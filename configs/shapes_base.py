@@ -61,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.efficient = False
     c.model.attention_implementation = "xla"  # jax.nn.dot_product_attention's: xla | cudnn (NVIDIA GPUs)
     c.model.dtype = "float32"
+    c.model.norm_groups = 32  # GroupNorm's largest group count: 32 (GroupNorm32) is InstanceNorm at dim 32
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"

@@ -70,6 +70,7 @@ RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     (r"(stages\.[^.]+\.)?diffusion\.(cond_drop_prob)", _NUMBER, 0, 1),
     (r"(stages\.[^.]+\.)?diffusion\.offset_noise", _NUMBER, 0, None),
     (r"(stages\.[^.]+\.)?model\.dropout", _NUMBER, 0, 1),
+    (r"(stages\.[^.]+\.)?model\.norm_groups", _INT, 1, None),
     (r"eval\.(num_samples|kid_subsets|kid_subset_size|grid_images|pr_k)", _INT, 0, None),
     (r"compile\.(batch_size|sample_batch_size)", _INT, 0, None),
 )

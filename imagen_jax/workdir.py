@@ -35,6 +35,16 @@ _UNFROZEN = re.compile(
     r"[\w.]*attention_implementation: "  # how attention runs (xla | cudnn), not what it computes
 )
 
+# Keys of the frozen sections added since runs were first saved, with the value such a run used before the key
+# existed: a saved config without the key and a current one holding this value describe the same experiment (another
+# value is a change). Keys are given without a cascade's "stages.<name>." prefix.
+ADDED_WITH_DEFAULT = {"model.norm_groups": 32, "diffusion.offset_noise": 0.0}
+
+
+def _added_with_its_default(key: str, saved: Any, current: Any) -> bool:
+    key = re.sub(r"^stages\.[^.]+\.", "", key)
+    return saved is None and key in ADDED_WITH_DEFAULT and current == ADDED_WITH_DEFAULT[key]
+
 
 # Keys outside the frozen sections that a checkpoint's train state depends on (its optimizer state's layout).
 STATE_KEYS = ("train.optimizer",)
@@ -238,7 +248,11 @@ def experiment_changes(
             new = new.get(part) if isinstance(new, dict) else None
         for key, a, b in _diff(old, new, f"{section}."):
             text = f"{key}: {a!r} -> {b!r}"
-            if _UNFROZEN.match(text) or (lenient and (a is None or b is None)):
+            if (
+                _UNFROZEN.match(text)
+                or _added_with_its_default(key, a, b)
+                or (lenient and (a is None or b is None))
+            ):
                 continue
             changed.append(text)
     return changed

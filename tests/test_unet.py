@@ -193,3 +193,36 @@ def test_explicit_cross_attention_alone_sees_only_unmasked_tokens():
     )
     unmasked = apply({"params": params}, x, log_snr, garbage, jnp.ones_like(mask))
     assert float(jnp.abs(unmasked - a)[0].max()) > 1e-3  # example 0 has 2 padded tokens that now count
+
+
+def test_norm_group_count_and_what_group_norm_removes():
+    """norm_groups caps GroupNorm's group count (powers of two dividing the channels, GroupNorm32's rule at 32).
+    One channel per group is InstanceNorm: a per-channel constant (an image's mean colour, carried into the
+    features) vanishes exactly; with wider groups only the part shared by a group's channels does."""
+    from imagen_jax.models.layers import group_norm, norm_group_count
+
+    assert [norm_group_count(c) for c in (32, 64, 24, 3)] == [32, 32, 8, 1]
+    assert [norm_group_count(c, 8) for c in (32, 64, 12, 3)] == [8, 8, 4, 1]
+    with pytest.raises(ValueError, match="max_groups"):
+        norm_group_count(32, 0)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 32))
+    per_channel = jax.random.normal(jax.random.key(1), (32,))  # differs within every group
+    per_group = jnp.repeat(jax.random.normal(jax.random.key(2), (8,)), 4)  # one value per 8-group
+    for max_groups, kept in ((32, False), (8, True)):
+        norm = group_norm(32, max_groups=max_groups)
+        params = norm.init(jax.random.key(0), x)
+        base = norm.apply(params, x)
+        np.testing.assert_allclose(norm.apply(params, x + per_group), base, atol=1e-4)
+        moved = float(jnp.abs(norm.apply(params, x + per_channel) - base).max())
+        assert (moved > 0.1) == kept, (max_groups, moved)
+
+
+def test_unet_norm_groups_changes_the_function_not_the_parameters():
+    x, log_snr, text, mask = _inputs()
+    instance, grouped = UNet(**TINY), UNet(**TINY, norm_groups=2)
+    params = _init_nonzero_output(instance, (x, log_snr, text, mask))
+    shapes = jax.tree.map(jnp.shape, nn.meta.unbox(grouped.init(jax.random.key(1), x, log_snr, text, mask)))
+    assert jax.tree.map(jnp.shape, {"params": params}) == shapes  # same checkpoint layout
+    a = jax.jit(instance.apply)({"params": params}, x, log_snr, text, mask)
+    b = jax.jit(grouped.apply)({"params": params}, x, log_snr, text, mask)
+    assert float(jnp.abs(a - b).max()) > 1e-3

@@ -47,3 +47,17 @@ def test_a_stage_checkpoint_is_checked_against_its_own_stage_not_the_whole_casca
     shared.text.max_length = 32  # a section every stage depends on
     with pytest.raises(UserError, match=r"text\.max_length"):
         workdir.check_checkpoint_config(record_of(shared), config, 2, "ckpts", stage="base16")
+
+
+def test_a_key_added_since_the_run_resumes_at_its_old_value_only(tmp_path):
+    """A run saved before model.norm_groups existed used GroupNorm32: it resumes under a config holding 32 (the
+    same network) and is refused one holding the quickstart's 8 (another network)."""
+    config = quickstart.get_config("tiny")
+    del config.model["norm_groups"]
+    del config.diffusion["offset_noise"]
+    workdir.prepare_for_training(str(tmp_path), config)  # the saved run, from before the keys
+    config.model.norm_groups, config.diffusion.offset_noise = 32, 0.0
+    workdir.prepare_for_training(str(tmp_path), config)
+    config.model.norm_groups = 8
+    with pytest.raises(UserError, match=r"model\.norm_groups: \S+ -> 8"):
+        workdir.prepare_for_training(str(tmp_path), config)

@@ -64,6 +64,7 @@ def build_unet(model_config: ml_collections.ConfigDict, lowres_cond: bool = Fals
         remat=model_config.remat,
         dtype=model_config.dtype,
         attention_implementation=model_config.get("attention_implementation", "xla"),
+        norm_groups=model_config.get("norm_groups", 32),
     )
 
 

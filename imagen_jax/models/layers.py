@@ -71,9 +71,26 @@ def dense(
     )
 
 
-def group_norm(channels: int, dtype: Dtype = "float32", name: str | None = None) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups that divide `channels`; statistics in float32."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+def norm_group_count(channels: int, max_groups: int = 32) -> int:
+    """The largest power of two <= max_groups that divides `channels` (32 groups for 32 and 64 channels, 8 for
+    24: the count GroupNorm32 would take when max_groups is 32).
+
+    GroupNorm removes each group's spatial mean. With one channel per group (32 groups of a 32-channel map) it
+    is InstanceNorm: every channel's mean over the image, its lowest frequency, is invisible to the layers after
+    it. A small U-Net then cannot see the per-channel mean of its noisy input and keeps the sampling noise's
+    mean as the image's (the quickstart's tinted backgrounds); fewer, wider groups keep the differences between
+    a group's channels, so the mean passes through.
+    """
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be >= 1, got {max_groups}.")
+    return next(g for g in (32, 16, 8, 4, 2, 1) if g <= max_groups and channels % g == 0)
+
+
+def group_norm(
+    channels: int, dtype: Dtype = "float32", name: str | None = None, max_groups: int = 32
+) -> nn.GroupNorm:
+    """GroupNorm with norm_group_count(channels, max_groups) groups; statistics in float32."""
+    groups = norm_group_count(channels, max_groups)
     return nn.GroupNorm(
         num_groups=groups,
         dtype=dtype,
@@ -112,14 +129,16 @@ class ResBlock(nn.Module):
     features: int
     dropout: float = 0.0
     dtype: Dtype = "float32"
+    norm_groups: int = 32  # GroupNorm's largest group count (norm_group_count)
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.silu(group_norm(x.shape[-1], self.dtype, name="norm1")(x))
+        h = nn.silu(group_norm(x.shape[-1], self.dtype, name="norm1", max_groups=self.norm_groups)(x))
         h = conv(self.features, dtype=self.dtype, name="conv1")(h)
         scale_shift = dense(2 * self.features, ("embed", "mlp"), dtype=self.dtype, name="film")(nn.silu(cond))
         scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
-        h = group_norm(self.features, self.dtype, name="norm2")(h) * (1 + scale) + shift
+        h = group_norm(self.features, self.dtype, name="norm2", max_groups=self.norm_groups)(h)
+        h = h * (1 + scale) + shift
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
         h = conv(self.features, zero_init=True, dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.features:
@@ -140,6 +159,7 @@ class AttentionBlock(nn.Module):
     text_only: bool = False
     dtype: Dtype = "float32"
     implementation: str = "xla"
+    norm_groups: int = 32  # GroupNorm's largest group count (norm_group_count)
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array | None, text_mask: jax.Array | None) -> jax.Array:
@@ -152,7 +172,7 @@ class AttentionBlock(nn.Module):
             name=name,
             kernel_init=_param_init(nn.initializers.lecun_normal(), ("embed", "heads", "kv")),
         )
-        h = group_norm(c, self.dtype, name="norm")(x).reshape(b, hgt * wid, c)
+        h = group_norm(c, self.dtype, name="norm", max_groups=self.norm_groups)(x).reshape(b, hgt * wid, c)
         q = proj("query")(h)
         keys, values, masks = [], [], []
         if not self.text_only:

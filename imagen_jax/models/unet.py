@@ -49,6 +49,8 @@ class UNet(nn.Module):
       dropout: dropout rate inside res blocks (active when train=True).
       remat: rematerialise each res block in the backward pass (trades compute for activation memory).
       dtype: compute dtype (parameters stay float32).
+      norm_groups: every GroupNorm's largest group count (layers.norm_group_count). 32 (Nichol-Dhariwal's,
+        Imagen's) is InstanceNorm on a 32-channel level, blind to each channel's mean; a small U-Net takes fewer.
       attention_implementation: jax.nn.dot_product_attention's backend for every attention ("xla"; "cudnn" on
         NVIDIA GPUs); logits and softmax are float32 either way (imagen_jax/attention.py).
     """
@@ -67,6 +69,7 @@ class UNet(nn.Module):
     remat: bool = False
     dtype: str = "float32"
     attention_implementation: str = "xla"
+    norm_groups: int = 32
 
     def _blocks_per_level(self) -> tuple[int, ...]:
         levels = len(self.channel_mult)
@@ -152,6 +155,7 @@ class UNet(nn.Module):
                     self.head_dim,
                     dtype=dtype,
                     implementation=self.attention_implementation,
+                    norm_groups=self.norm_groups,
                     name=f"{tag}_attn",
                 )(h, text, text_mask)
             if level in self.cross_attn_levels:
@@ -160,6 +164,7 @@ class UNet(nn.Module):
                     text_only=True,
                     dtype=dtype,
                     implementation=self.attention_implementation,
+                    norm_groups=self.norm_groups,
                     name=f"{tag}_cross_attn",
                 )(h, text, text_mask)
             return h
@@ -170,7 +175,7 @@ class UNet(nn.Module):
             h = self._efficient_levels(h, cond, blocks, res_block, attend, train)
         else:
             h = self._base_levels(h, cond, blocks, res_block, attend, train)
-        h = nn.silu(layers.group_norm(h.shape[-1], dtype, name="norm_out")(h))
+        h = nn.silu(layers.group_norm(h.shape[-1], dtype, name="norm_out", max_groups=self.norm_groups)(h))
         out = layers.conv(self.out_channels, zero_init=True, dtype=dtype, name="conv_out")(h)
         assert out.shape[0] == batch
         return out.astype(jnp.float32)
@@ -182,7 +187,9 @@ class UNet(nn.Module):
             features = self.dim * mult
             h = layers.Downsample(features, dtype=dtype, name=f"down{level}_resample")(h)
             for i in range(count):
-                h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
+                h = res_block(features, self.dropout, dtype, self.norm_groups, name=f"down{level}_block{i}")(
+                    h, cond, train
+                )
             h = attend(h, level, f"down{level}")
             skips.append(h)
         skips.pop()  # the deepest UBlock continues from the deepest DBlock: no skip there (Fig. A.32)
@@ -191,7 +198,9 @@ class UNet(nn.Module):
             if level < len(blocks) - 1:
                 h = constrain(jnp.concatenate([h, skips.pop() * SKIP_SCALE], axis=-1), layers.FEATURE_MAP)
             for i in range(blocks[level]):
-                h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
+                h = res_block(features, self.dropout, dtype, self.norm_groups, name=f"up{level}_block{i}")(
+                    h, cond, train
+                )
             h = attend(h, level, f"up{level}")
             out = self.dim * self.channel_mult[level - 1] if level > 0 else self.dim
             h = layers.Upsample(out, dtype=dtype, name=f"up{level}_resample")(h)
@@ -204,21 +213,25 @@ class UNet(nn.Module):
         for level, (mult, count) in enumerate(zip(self.channel_mult, blocks, strict=True)):
             features = self.dim * mult
             for i in range(count):
-                h = res_block(features, self.dropout, dtype, name=f"down{level}_block{i}")(h, cond, train)
+                h = res_block(features, self.dropout, dtype, self.norm_groups, name=f"down{level}_block{i}")(
+                    h, cond, train
+                )
                 skips.append(h)
             h = attend(h, level, f"down{level}")
             if level < last:
                 h = layers.Downsample(features, dtype=dtype, name=f"down{level + 1}_resample")(h)
         mid = self.dim * self.channel_mult[-1]
-        h = res_block(mid, self.dropout, dtype, name="mid_block0")(h, cond, train)
+        h = res_block(mid, self.dropout, dtype, self.norm_groups, name="mid_block0")(h, cond, train)
         h = attend(h, last, "mid")
-        h = res_block(mid, self.dropout, dtype, name="mid_block1")(h, cond, train)
+        h = res_block(mid, self.dropout, dtype, self.norm_groups, name="mid_block1")(h, cond, train)
         for level in reversed(range(len(blocks))):
             features = self.dim * self.channel_mult[level]
             if level < last:
                 h = layers.Upsample(h.shape[-1], dtype=dtype, name=f"up{level + 1}_resample")(h)
             for i in range(blocks[level]):
                 h = constrain(jnp.concatenate([h, skips.pop()], axis=-1), layers.FEATURE_MAP)
-                h = res_block(features, self.dropout, dtype, name=f"up{level}_block{i}")(h, cond, train)
+                h = res_block(features, self.dropout, dtype, self.norm_groups, name=f"up{level}_block{i}")(
+                    h, cond, train
+                )
             h = attend(h, level, f"up{level}")
         return h

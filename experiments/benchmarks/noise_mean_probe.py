@@ -98,11 +98,11 @@ def main() -> None:
     args = parser.parse_args()
     levels = [float(v) for v in args.log_snr.split(",")]
     for workdir in args.workdir:
-        for row in probe(workdir, levels, args.shift):
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+        lines = [json.dumps(row) + "\n" for row in probe(workdir, levels, args.shift)]
+        print("".join(lines), end="", flush=True)
+        if args.out:  # a workdir's levels together
+            with open(args.out, "a", encoding="utf-8") as f:
+                f.writelines(lines)
 
 
 if __name__ == "__main__":

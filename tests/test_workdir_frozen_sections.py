@@ -56,8 +56,8 @@ def test_a_key_added_since_the_run_resumes_at_its_old_value_only(tmp_path):
     del config.model["norm_groups"]
     del config.diffusion["offset_noise"]
     workdir.prepare_for_training(str(tmp_path), config)  # the saved run, from before the keys
-    config.model.norm_groups, config.diffusion.offset_noise = 32, 0.0
-    workdir.prepare_for_training(str(tmp_path), config)
-    config.model.norm_groups = 8
-    with pytest.raises(UserError, match=r"model\.norm_groups: \S+ -> 8"):
+    config.model.norm_groups, config.diffusion.offset_noise = 8, 0.0
+    with pytest.raises(UserError, match=r"model\.norm_groups: None -> 8"):
         workdir.prepare_for_training(str(tmp_path), config)
+    config.model.norm_groups = 32
+    workdir.prepare_for_training(str(tmp_path), config)

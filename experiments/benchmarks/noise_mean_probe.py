@@ -30,11 +30,8 @@ import numpy as np  # noqa: E402
 from imagen_jax import experiment  # noqa: E402
 from imagen_jax import workdir as workdir_lib  # noqa: E402
 
-SHIFT = (
-    1.0,
-    -1.0,
-    1.0,
-)  # the direction of the per-channel shift (times --shift), in noise standard deviations
+# The direction of the per-channel shift (times --shift), in noise standard deviations.
+SHIFT = (1.0, -1.0, 1.0)
 
 
 def probe(workdir: str, log_snrs: list[float], shift: float, batch: int = 64) -> list[dict]:
@@ -75,8 +72,8 @@ def probe(workdir: str, log_snrs: list[float], shift: float, batch: int = 64) ->
             {
                 "workdir": workdir,
                 "step": step,
-                "norm_groups": int(config.model.get("norm_groups", 32)),
-                "offset_noise": float(config.diffusion.get("offset_noise", 0.0)),
+                "norm_groups": stage.unet.norm_groups,
+                "offset_noise": stage.diffusion.offset_noise,
                 "log_snr": level,
                 "shift": shift,
                 "v_response": np.round(response, 3).tolist(),

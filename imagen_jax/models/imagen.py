@@ -24,6 +24,7 @@ import ml_collections
 from imagen_jax.diffusion import objectives, samplers, schedules
 from imagen_jax.diffusion.augmentation import noise_condition_augment, sample_aug_levels
 from imagen_jax.diffusion.guidance import check_interval, classifier_free_guidance
+from imagen_jax.models import layers
 from imagen_jax.models.family import Capabilities
 from imagen_jax.models.unet import UNet
 
@@ -64,7 +65,7 @@ def build_unet(model_config: ml_collections.ConfigDict, lowres_cond: bool = Fals
         remat=model_config.remat,
         dtype=model_config.dtype,
         attention_implementation=model_config.get("attention_implementation", "xla"),
-        norm_groups=model_config.get("norm_groups", 32),
+        norm_groups=model_config.get("norm_groups", layers.NORM_GROUPS),
     )
 
 

@@ -71,7 +71,10 @@ def dense(
     )
 
 
-def norm_group_count(channels: int, max_groups: int = 32) -> int:
+NORM_GROUPS = 32  # GroupNorm32's (Nichol-Dhariwal's, Imagen's) largest group count: the default everywhere
+
+
+def norm_group_count(channels: int, max_groups: int = NORM_GROUPS) -> int:
     """The largest power of two <= max_groups that divides `channels` (32 groups for 32 and 64 channels, 8 for
     24: the count GroupNorm32 would take when max_groups is 32).
 
@@ -87,7 +90,7 @@ def norm_group_count(channels: int, max_groups: int = 32) -> int:
 
 
 def group_norm(
-    channels: int, dtype: Dtype = "float32", name: str | None = None, max_groups: int = 32
+    channels: int, dtype: Dtype = "float32", name: str | None = None, max_groups: int = NORM_GROUPS
 ) -> nn.GroupNorm:
     """GroupNorm with norm_group_count(channels, max_groups) groups; statistics in float32."""
     groups = norm_group_count(channels, max_groups)
@@ -129,7 +132,7 @@ class ResBlock(nn.Module):
     features: int
     dropout: float = 0.0
     dtype: Dtype = "float32"
-    norm_groups: int = 32  # GroupNorm's largest group count (norm_group_count)
+    norm_groups: int = NORM_GROUPS  # GroupNorm's largest group count (norm_group_count)
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array, train: bool = False) -> jax.Array:
@@ -159,7 +162,7 @@ class AttentionBlock(nn.Module):
     text_only: bool = False
     dtype: Dtype = "float32"
     implementation: str = "xla"
-    norm_groups: int = 32  # GroupNorm's largest group count (norm_group_count)
+    norm_groups: int = NORM_GROUPS  # GroupNorm's largest group count (norm_group_count)
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array | None, text_mask: jax.Array | None) -> jax.Array:

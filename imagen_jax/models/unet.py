@@ -69,7 +69,7 @@ class UNet(nn.Module):
     remat: bool = False
     dtype: str = "float32"
     attention_implementation: str = "xla"
-    norm_groups: int = 32
+    norm_groups: int = layers.NORM_GROUPS
 
     def _blocks_per_level(self) -> tuple[int, ...]:
         levels = len(self.channel_mult)

@@ -36,8 +36,9 @@ _UNFROZEN = re.compile(
 )
 
 # Keys of the frozen sections added since runs were first saved, with the value such a run used before the key
-# existed (a fact of history: it stays when a default changes): a saved config without the key and a current one holding this value describe the same experiment (another
-# value is a change). Keys are given without a cascade's "stages.<name>." prefix.
+# existed (a fact of history: it stays when a default changes): a saved config without the key and a current one
+# holding this value describe the same experiment (another value is a change). Keys are given without a cascade's
+# "stages.<name>." prefix.
 ADDED_WITH_DEFAULT = {"model.norm_groups": 32, "diffusion.offset_noise": 0.0}
 
 

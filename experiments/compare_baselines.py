@@ -10,9 +10,15 @@ measured by a short probe run; wall time is not reproducible, so the report reco
 kept in --throughput (default <out>/throughput.json) and reused, so that tuning runs and the comparison share one
 conversion; run them on an idle machine, back to back. Overrides that do not change a step's cost (learning rates,
 loss weights, the seed: THROUGHPUT_FREE) share their config's probe; any other override is probed on its own.
-Runs go to <out>/runs/<config>_seed<s>/ (a run already trained to its steps is only re-evaluated, so re-running
-the same command reproduces the numbers); the report is <out>/report.md, every number also in <out>/results.json.
-Training runs in this process through imagen_jax.main (the same code path as the command line).
+Runs go to <out>/runs/<config>_seed<s>/; each finished run leaves its record (command, steps, evaluation
+settings, every number) in <out>/runs/<config>_seed<s>/comparison_run.json. A later call with the same command and
+evaluation settings takes the run from its record, training and evaluating nothing (checkpoints stay out of git,
+so a record is all a committed comparison keeps of its runs); a run with a record that does not match, or none,
+is trained (a run already trained to its steps only resumes) and evaluated. --run_seeds runs a subset of the
+seeds and writes their records only, so that a comparison can grow in pieces (side by side, or over days); a
+call without it writes the report once every (config, seed) has a record. The report is <out>/report.md, every
+number also in <out>/results.json. Training runs in this process through imagen_jax.main (the same code path as
+the command line).
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated config files (file[:variant])")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per config")
+    p.add_argument(
+        "--run_seeds",
+        help="train and evaluate only these of the seeds (e.g. 3-5 or 3,7) and write their records, no report",
+    )
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget_images", type=int, help="training images per run (steps = this / batch)")
     budget.add_argument("--budget_steps", type=int, help="training steps per run")
@@ -115,6 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--probe_only probes for --budget_minutes")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    try:
+        args.run_seeds = parse_seed_list(args.run_seeds, args.seeds) if args.run_seeds else None
+    except ValueError as e:
+        p.error(f"--run_seeds: {e}")
     args.configs = split_configs(args.configs)
     for config in args.configs:
         if not os.path.isfile(config.split(":", 1)[0]):
@@ -134,6 +148,47 @@ def split_configs(text: str) -> list[str]:
         else:
             configs.append(item)
     return configs
+
+
+def parse_seed_list(text: str, num_seeds: int) -> list[int]:
+    """ "3-5,8" -> [3, 4, 5, 8]; every seed must be one of the comparison's 0 .. num_seeds - 1."""
+    seeds: list[int] = []
+    for item in (i.strip() for i in text.split(",")):
+        lo, _, hi = item.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"{item!r} is not a seed or a range of seeds like 3-5")
+        seeds += range(int(lo), int(hi or lo) + 1)
+    outside = sorted(s for s in set(seeds) if s >= num_seeds)
+    if not seeds or outside:
+        raise ValueError(f"seeds {outside} are outside --seeds {num_seeds} (0 .. {num_seeds - 1})")
+    return sorted(set(seeds))
+
+
+RECORD = "comparison_run.json"  # a finished run's record, in its workdir
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def read_record(workdir: str, command: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's record when it was made by this training command under these evaluation settings, else None."""
+    path = os.path.join(workdir, RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("command") != command or record.get("eval_settings") != _as_json(settings):
+        return None
+    return record
+
+
+def write_record(workdir: str, record: dict[str, Any]) -> None:
+    """Written whole or not at all (a temporary file, then a rename)."""
+    path = os.path.join(workdir, RECORD)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(_as_json(record), f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def run_name(config_path: str) -> str:
@@ -584,6 +639,41 @@ def logged_step_seconds(workdir: str, batch_size: int) -> float | None:
     return total if counted else None
 
 
+def train_and_evaluate(
+    args: argparse.Namespace,
+    first_config,
+    config_path: str,
+    seed: int,
+    workdir: str,
+    steps: int,
+    overrides: list[str],
+) -> dict[str, Any]:
+    """Trains one (config, seed) to `steps` (resuming a run already there) and evaluates it; its record."""
+    from imagen_jax.workdir import require_checkpoint
+
+    print(f"== {run_name(config_path)}, seed {seed}: {steps} steps into {workdir}", flush=True)
+    train_seconds = _train(_main_argv(config_path, workdir, seed, overrides))
+    reached = require_checkpoint(workdir)
+    if reached != steps:  # a SIGTERM saves early and exits 0: never evaluate a half-trained run
+        raise SystemExit(f"{workdir} stopped at step {reached} of {steps}; run the same command to resume.")
+    config = load_config(config_path, workdir, seed, overrides)
+    settings = eval_settings(args, first_config, config, seed)
+    report = evaluate_run(config, workdir, settings)
+    return {
+        "family": config.family,
+        "config": config_path,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": int(config.train.batch_size),
+        "workdir": workdir,
+        "train_seconds": train_seconds,
+        "logged_step_seconds": logged_step_seconds(workdir, int(config.train.batch_size)),
+        "eval_settings": settings.to_dict(),
+        "eval": report,
+        "curve": _curve(workdir),
+    }
+
+
 def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -602,38 +692,24 @@ def main(argv: list[str] | None = None) -> str:
         steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), args.set)
         overrides = args.set + [f"train.steps={steps}"] + judging_off(base)
         for seed in range(args.seeds):
+            if args.run_seeds is not None and seed not in args.run_seeds:
+                continue
             workdir = os.path.join(args.out, "runs", f"{model}_seed{seed}")
             train_argv = _main_argv(config_path, workdir, seed, overrides)
-            print(f"== {model}, seed {seed}: {steps} steps into {workdir}", flush=True)
-            train_seconds = _train(train_argv)
-            from imagen_jax.workdir import require_checkpoint
-
-            reached = require_checkpoint(workdir)
-            if reached != steps:  # a SIGTERM saves early and exits 0: never evaluate a half-trained run
-                raise SystemExit(
-                    f"{workdir} stopped at step {reached} of {steps}; run the same command to resume."
-                )
+            command = "python -m imagen_jax.main " + shlex.join(train_argv)
             config = load_config(config_path, workdir, seed, overrides)
-            settings = eval_settings(args, first_config, config, seed)
-            report = evaluate_run(config, workdir, settings)
-            runs.append(
-                {
-                    "model": model,
-                    "family": config.family,
-                    "config": config_path,
-                    "seed": seed,
-                    "steps": steps,
-                    "batch_size": int(config.train.batch_size),
-                    "throughput_probe": probe,
-                    "workdir": workdir,
-                    "command": "python -m imagen_jax.main " + shlex.join(train_argv),
-                    "train_seconds": train_seconds,
-                    "logged_step_seconds": logged_step_seconds(workdir, int(config.train.batch_size)),
-                    "eval_settings": settings.to_dict(),
-                    "eval": report,
-                    "curve": _curve(workdir),
-                }
-            )
+            settings = eval_settings(args, first_config, config, seed).to_dict()
+            record = read_record(workdir, command, settings)
+            if record is None:
+                record = train_and_evaluate(args, first_config, config_path, seed, workdir, steps, overrides)
+                record = {"model": model, "command": command, "throughput_probe": probe, **record}
+                write_record(workdir, record)
+            else:
+                print(f"== {model}, seed {seed}: from its record {os.path.join(workdir, RECORD)}", flush=True)
+            runs.append(record)
+    if args.run_seeds is not None:
+        print(f"records written for seeds {args.run_seeds}; the report: the same command without --run_seeds")
+        return ""
     curves = plot_curves(runs, os.path.join(args.out, "training_curves.png"))
     for r in runs:
         r["curves_png"] = curves

@@ -151,3 +151,26 @@ def test_the_alignment_figure_draws(tmp_path):
     intervals = {"a": {"holdout": (0.3, 0.5)}, "b": {"holdout": (0.9, None)}}
     path = plots.alignment_figure(values, intervals, str(tmp_path / "f.png"))
     assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_seeds_name_seeds_of_the_comparison():
+    assert compare_baselines.parse_seed_list("3-5,8, 4", 10) == [3, 4, 5, 8]
+    with pytest.raises(ValueError, match=r"seeds \[10, 11\] are outside --seeds 10"):
+        compare_baselines.parse_seed_list("9-11", 10)
+    with pytest.raises(ValueError, match="not a seed or a range"):
+        compare_baselines.parse_seed_list("3..5", 10)
+    with pytest.raises(SystemExit):  # argparse's one message, exit 2
+        compare_baselines.parse_args(
+            ["--configs", FOUR, "--budget_steps", "5", "--out", "o", "--run_seeds", "3"]
+        )
+
+
+def test_a_record_is_reused_only_for_its_own_command_and_settings(tmp_path):
+    record = {"command": "python -m imagen_jax.main --config.seed=1", "eval_settings": {"num_samples": 256}}
+    compare_baselines.write_record(str(tmp_path), record)
+    assert not list(tmp_path.glob("*.tmp"))
+    read = compare_baselines.read_record
+    assert read(str(tmp_path), record["command"], {"num_samples": 256}) == record
+    assert read(str(tmp_path), record["command"], {"num_samples": 128}) is None
+    assert read(str(tmp_path), "python -m imagen_jax.main --config.seed=2", {"num_samples": 256}) is None
+    assert read(str(tmp_path / "none"), record["command"], {"num_samples": 256}) is None

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -172,6 +173,24 @@ def test_compare_baselines_end_to_end(tmp_path, cache_dir, tiny_net):
     assert "![alignment per model](alignment.png)" in report and (out / "alignment.png").exists()
     fid = result["prompt_sets"]["holdout"]["fid"]
     assert f"{fid:.4g}" in report
+
+    # The comparison grows by a seed from the runs' records alone, as a committed one must (checkpoints stay out
+    # of git): seed 1 alone is trained and leaves a record, then the 2-seed report is written training nothing.
+    shutil.rmtree(workdir / "checkpoints")
+    assert json.loads((workdir / "comparison_run.json").read_text())["eval"] == result
+    assert compare_baselines.main(argv[:3] + ["2", "--run_seeds", "1"] + argv[4:]) == ""
+    seed1 = out / "runs" / "quickstart_tiny_seed1"
+    assert (seed1 / "comparison_run.json").exists() and not (workdir / "checkpoints").exists()
+    shutil.rmtree(seed1 / "checkpoints")
+    report = pathlib.Path(compare_baselines.main(argv[:3] + ["2"] + argv[4:])).read_text()
+    assert "1 models x 2 seed(s)" in report and f"{fid:.4g}" in report
+    assert not (workdir / "checkpoints").exists() and not (seed1 / "checkpoints").exists()
+    # a record made under other evaluation settings is not reused: the run is evaluated anew (and trained
+    # anew, its checkpoints being gone)
+    other = argv[:3] + ["2", "--run_seeds", "1", "--num_samples", "8"] + argv[4:]
+    compare_baselines.main(other)
+    assert (seed1 / "checkpoints").exists()
+    assert json.loads((seed1 / "comparison_run.json").read_text())["eval"]["num_samples"] == 8
 
 
 def test_a_sweep_must_name_a_sampling_setting_of_the_config():

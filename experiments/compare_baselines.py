@@ -523,18 +523,34 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         )
     lines += [
         "",
-        "train s, this call: the wall seconds of the training call this report made (a few when the run was "
-        "already trained, which it then only resumes); step s, logged: the run's own time in training steps from "
+        "train s, this call: the wall seconds of the training call that made the run's record (a few when that "
+        "call found the run already trained, and only resumed it); step s, logged: the run's own time in training steps from "
         "its metrics.jsonl (each interval's images over its logged images/s, compilation included), whichever "
         "process trained it. Runs trained side by side on one machine log slower steps than the probes.",
     ]
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()), ""]
+    lines += ["", *_version_lines(runs, out), ""]
     path = os.path.join(out, "report.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"argv": argv, "runs": runs}, f, indent=2)
     return path
+
+
+def _version_lines(runs: list[dict[str, Any]], out: str) -> list[str]:
+    """The software each run was trained and evaluated with (its record's), one line per distinct set."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        versions = r.get("versions")
+        key = ", ".join(f"{k} {v}" for k, v in versions.items()) if versions else ""
+        groups.setdefault(key, []).append(os.path.relpath(r["workdir"], out))
+    if list(groups) == [""]:
+        return ["Versions: not recorded by these runs."]
+    if len(groups) == 1:
+        return [f"Versions (every run): {next(iter(groups))}"]
+    return ["Versions:", ""] + [
+        f"- {', '.join(names)}: {key or 'not recorded'}" for key, names in groups.items()
+    ]
 
 
 def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
@@ -671,6 +687,7 @@ def train_and_evaluate(
         "eval_settings": settings.to_dict(),
         "eval": report,
         "curve": _curve(workdir),
+        "versions": _versions(),  # this process's, which trained and evaluated the run
     }
 
 

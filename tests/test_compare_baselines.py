@@ -174,3 +174,20 @@ def test_a_record_is_reused_only_for_its_own_command_and_settings(tmp_path):
     assert read(str(tmp_path), record["command"], {"num_samples": 128}) is None
     assert read(str(tmp_path), "python -m imagen_jax.main --config.seed=2", {"num_samples": 256}) is None
     assert read(str(tmp_path / "none"), record["command"], {"num_samples": 256}) is None
+
+
+def test_the_report_names_each_runs_versions():
+    runs = [
+        {"workdir": "out/runs/a_seed0", "versions": {"jax": "0.10.2", "devices": "2 x cpu"}},
+        {"workdir": "out/runs/a_seed1", "versions": {"jax": "0.10.2", "devices": "2 x cpu"}},
+        {"workdir": "out/runs/b_seed0"},
+    ]
+    assert compare_baselines._version_lines(runs[:2], "out") == [
+        "Versions (every run): jax 0.10.2, devices 2 x cpu"
+    ]
+    assert compare_baselines._version_lines(runs, "out") == [
+        "Versions:",
+        "",
+        "- runs/a_seed0, runs/a_seed1: jax 0.10.2, devices 2 x cpu",
+        "- runs/b_seed0: not recorded",
+    ]

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import platform
 import shutil
 import sys
 
@@ -184,6 +185,7 @@ def test_compare_baselines_end_to_end(tmp_path, cache_dir, tiny_net):
     shutil.rmtree(seed1 / "checkpoints")
     report = pathlib.Path(compare_baselines.main(argv[:3] + ["2"] + argv[4:])).read_text()
     assert "1 models x 2 seed(s)" in report and f"{fid:.4g}" in report
+    assert f"Versions (every run): python {platform.python_version()}, " in report  # the runs' own
     assert not (workdir / "checkpoints").exists() and not (seed1 / "checkpoints").exists()
     # a record made under other evaluation settings is not reused: the run is evaluated anew (and trained
     # anew, its checkpoints being gone)

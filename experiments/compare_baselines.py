@@ -16,7 +16,7 @@ evaluation settings takes the run from its record, training and evaluating nothi
 so a record is all a committed comparison keeps of its runs); a run with a record that does not match, or none,
 is trained (a run already trained to its steps only resumes) and evaluated. --run_seeds runs a subset of the
 seeds and writes their records only, so that a comparison can grow in pieces (side by side, or over days); a
-call without it writes the report once every (config, seed) has a record. The report is <out>/report.md, every
+call without it takes or makes every (config, seed)'s record, then writes the report. The report is <out>/report.md, every
 number also in <out>/results.json. Training runs in this process through imagen_jax.main (the same code path as
 the command line).
 """
@@ -656,15 +656,16 @@ def logged_step_seconds(workdir: str, batch_size: int) -> float | None:
 
 
 def train_and_evaluate(
-    args: argparse.Namespace,
-    first_config,
+    config,
+    settings,
     config_path: str,
     seed: int,
     workdir: str,
     steps: int,
     overrides: list[str],
 ) -> dict[str, Any]:
-    """Trains one (config, seed) to `steps` (resuming a run already there) and evaluates it; its record."""
+    """Trains one (config, seed) to `steps` (resuming a run already there) and evaluates it under `settings`;
+    its record."""
     from imagen_jax.workdir import require_checkpoint
 
     print(f"== {run_name(config_path)}, seed {seed}: {steps} steps into {workdir}", flush=True)
@@ -672,8 +673,6 @@ def train_and_evaluate(
     reached = require_checkpoint(workdir)
     if reached != steps:  # a SIGTERM saves early and exits 0: never evaluate a half-trained run
         raise SystemExit(f"{workdir} stopped at step {reached} of {steps}; run the same command to resume.")
-    config = load_config(config_path, workdir, seed, overrides)
-    settings = eval_settings(args, first_config, config, seed)
     report = evaluate_run(config, workdir, settings)
     return {
         "family": config.family,
@@ -715,10 +714,10 @@ def main(argv: list[str] | None = None) -> str:
             train_argv = _main_argv(config_path, workdir, seed, overrides)
             command = "python -m imagen_jax.main " + shlex.join(train_argv)
             config = load_config(config_path, workdir, seed, overrides)
-            settings = eval_settings(args, first_config, config, seed).to_dict()
-            record = read_record(workdir, command, settings)
+            settings = eval_settings(args, first_config, config, seed)
+            record = read_record(workdir, command, settings.to_dict())
             if record is None:
-                record = train_and_evaluate(args, first_config, config_path, seed, workdir, steps, overrides)
+                record = train_and_evaluate(config, settings, config_path, seed, workdir, steps, overrides)
                 record = {"model": model, "command": command, "throughput_probe": probe, **record}
                 write_record(workdir, record)
             else:

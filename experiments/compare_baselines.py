@@ -17,7 +17,8 @@ so a record is all a committed comparison keeps of its runs); a run with a recor
 is trained (a run already trained to its steps only resumes) and evaluated. --run_seeds runs a subset of the
 seeds and writes their records only, so that a comparison can grow in pieces (side by side, or over days); a
 call without it takes or makes every (config, seed)'s record, then writes the report. The report is <out>/report.md, every
-number also in <out>/results.json. Training runs in this process through imagen_jax.main (the same code path as
+number also in <out>/results.json; it opens with its result, stated from the numbers: which model has the highest
+held-out alignment, and whether its 95% interval is disjoint from each other model's (verdict_lines). Training runs in this process through imagen_jax.main (the same code path as
 the command line).
 """
 
@@ -350,6 +351,59 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
     return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test that a's and b's means differ (unequal variances)."""
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def verdict_lines(runs: list[dict[str, Any]], models: list[str], split: str) -> list[str]:
+    """The result on alignment over `split`'s prompts, stated from the numbers: the model with the highest mean, and
+    for each other model whether their 95% Student-t intervals (mean_ci) are disjoint, with the difference of means
+    and Welch's p-value beside it (secondary: the intervals are the criterion the comparison is judged by)."""
+    values = {m: [_metric(r["eval"], split, "alignment") for r in runs if r["model"] == m] for m in models}
+    if len(models) < 2 or any(len(v) < 2 for v in values.values()):
+        return []  # a single seed has no interval; a single model has nothing to be ahead of
+    intervals = {m: mean_ci(v) for m, v in values.items()}
+    best = max(models, key=lambda m: intervals[m][0])
+    low = intervals[best][0] - intervals[best][1]
+    lines = [
+        f"## Result: alignment on {split} prompts",
+        "",
+        "| model | mean ± 95% half-width | interval | vs the best: difference of means | Welch p | intervals |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    overlapping = []
+    for m in models:
+        mean, half = intervals[m]
+        if m == best:
+            diff, p, relation = "", "", "(highest mean)"
+        else:
+            disjoint = mean + half < low
+            overlapping += [] if disjoint else [m]
+            diff = f"{intervals[best][0] - mean:+.4f}"
+            p = f"{welch_p(values[best], values[m]):.2g}"
+            relation = "disjoint" if disjoint else "overlap"
+        lines.append(
+            f"| {m} | {mean:.4f} ± {half:.4f} | [{mean - half:.4f}, {mean + half:.4f}] | {diff} | {p} | {relation} |"
+        )
+    n = sorted({len(v) for v in values.values()})
+    if overlapping:
+        verdict = (
+            f"**{best} has the highest mean, but its interval overlaps "
+            f"{'those of ' if len(overlapping) > 1 else 'that of '}{_join(overlapping)}: over these seeds the "
+            f"comparison does not separate {best} from {'them' if len(overlapping) > 1 else 'it'}.**"
+        )
+    else:
+        verdict = f"**{best} is ahead of every other model, with disjoint 95% intervals.**"
+    return lines + ["", f"{verdict} ({'/'.join(map(str, n))} seeds per model.)", ""]
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _metric(report: dict[str, Any], split: str, key: str) -> float:
     r = report["prompt_sets"][split]
     if key == "clip_score":
@@ -431,6 +485,7 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
             f"({os.path.relpath(args.tuning, out)}).",
             "",
         ]
+    lines += verdict_lines(runs, models, "holdout" if "holdout" in splits else splits[-1])
     for split in splits:
         lines += [
             f"## {split} prompts",

@@ -1,12 +1,15 @@
 """experiments/compare_baselines.py's budget bookkeeping (config lists, run names, throughput probes shared by
-tuning and comparison) and experiments/tuning_table.py's choice, on hand-made inputs (no training)."""
+tuning and comparison), the report's verdict and experiments/tuning_table.py's choice, on hand-made inputs (no
+training)."""
 
 import argparse
 import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 import compare_baselines  # noqa: E402
@@ -191,3 +194,45 @@ def test_the_report_names_each_runs_versions():
         "- runs/a_seed0, runs/a_seed1: jax 0.10.2, devices 2 x cpu",
         "- runs/b_seed0: not recorded",
     ]
+
+
+def _alignment_runs(values: dict[str, list[float]]) -> list[dict]:
+    """Runs that hold only what verdict_lines reads: the model and its held-out alignment."""
+    return [
+        {"model": m, "eval": {"prompt_sets": {"holdout": {"alignment": {"all": v}}}}}
+        for m, vs in values.items()
+        for v in vs
+    ]
+
+
+def test_welch_p_is_the_closed_form_welch_test():
+    a, b = [0.99, 0.97, 0.98, 0.95], [0.93, 0.96, 0.90]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    assert compare_baselines.welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), dof), rel=1e-9)
+
+
+def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
+    # means 0.97 / 0.95 / 0.30, sd 0.01 / 0.02 / 0.05 over 3 seeds: half-widths 4.303 * sd / sqrt(3)
+    runs = _alignment_runs(
+        {"vae": [0.93, 0.95, 0.97], "imagen": [0.96, 0.97, 0.98], "gan": [0.25, 0.30, 0.35]}
+    )
+    lines = compare_baselines.verdict_lines(runs, ["imagen", "gan", "vae"], "holdout")
+    text = "\n".join(lines)
+    # imagen [0.9452, 0.9948]; vae [0.9003, 0.9997] overlaps it; gan [0.1758, 0.4242] lies below it
+    assert "| imagen | 0.9700 ± 0.0248 | [0.9452, 0.9948] |  |  | (highest mean) |" in lines
+    assert "| gan | 0.3000 ± 0.1242 | [0.1758, 0.4242] | +0.6700 |" in text and text.count("disjoint |") == 1
+    assert "| vae | 0.9500 ± 0.0497 | [0.9003, 0.9997] | +0.0200 |" in text and "| overlap |" in text
+    assert "**imagen has the highest mean, but its interval overlaps that of vae: over these seeds the comparison does "
+        "not separate imagen from it.**" in text
+    runs = _alignment_runs({"imagen": [0.96, 0.97, 0.98], "gan": [0.25, 0.30, 0.35]})
+    text = "\n".join(compare_baselines.verdict_lines(runs, ["imagen", "gan"], "holdout"))
+    assert (
+        "**imagen is ahead of every other model, with disjoint 95% intervals.** (3 seeds per model.)" in text
+    )
+    # one seed has no interval: no verdict rather than a made-up one
+    assert (
+        compare_baselines.verdict_lines(_alignment_runs({"a": [0.9], "b": [0.5]}), ["a", "b"], "holdout")
+        == []
+    )

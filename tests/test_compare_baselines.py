@@ -224,8 +224,10 @@ def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
     assert "| imagen | 0.9700 ± 0.0248 | [0.9452, 0.9948] |  |  | (highest mean) |" in lines
     assert "| gan | 0.3000 ± 0.1242 | [0.1758, 0.4242] | +0.6700 |" in text and text.count("disjoint |") == 1
     assert "| vae | 0.9500 ± 0.0497 | [0.9003, 0.9997] | +0.0200 |" in text and "| overlap |" in text
-    assert "**imagen has the highest mean, but its interval overlaps that of vae: over these seeds the comparison does "
+    assert (
+        "**imagen has the highest mean, but its interval overlaps that of vae: over these seeds the comparison does "
         "not separate imagen from it.**" in text
+    )
     runs = _alignment_runs({"imagen": [0.96, 0.97, 0.98], "gan": [0.25, 0.30, 0.35]})
     text = "\n".join(compare_baselines.verdict_lines(runs, ["imagen", "gan"], "holdout"))
     assert (

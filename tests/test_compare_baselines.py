@@ -228,6 +228,27 @@ def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
         "**imagen has the highest mean, but its interval overlaps that of vae: over these seeds the comparison does "
         "not separate imagen from it.**" in text
     )
+    # borderline against imagen [0.9452, 0.9948]: b's mean 0.94 lies below its lower bound but b's upper bound
+    # 0.9897 above it (overlap); d's upper bound 0.9498 lies between its lower bound and its mean (overlap); c's
+    # upper bound 0.9398 lies below its lower bound (disjoint). A rule on means, or on the best's mean or upper
+    # bound, gets one of them wrong.
+    runs = _alignment_runs(
+        {
+            "imagen": [0.96, 0.97, 0.98],
+            "b": [0.92, 0.94, 0.96],
+            "c": [0.905, 0.915, 0.925],
+            "d": [0.915, 0.925, 0.935],
+        }
+    )
+    text = "\n".join(compare_baselines.verdict_lines(runs, ["imagen", "b", "c", "d"], "holdout"))
+    assert "| b | 0.9400 ± 0.0497 | [0.8903, 0.9897] | +0.0300 |" in text
+    assert "| c | 0.9150 ± 0.0248 | [0.8902, 0.9398] |" in text
+    assert "| d | 0.9250 ± 0.0248 | [0.9002, 0.9498] |" in text
+    assert text.count("| overlap |") == 2 and text.count("| disjoint |") == 1
+    assert (
+        "overlaps those of b and d: over these seeds the comparison does not separate imagen from them.**"
+        in text
+    )
     runs = _alignment_runs({"imagen": [0.96, 0.97, 0.98], "gan": [0.25, 0.30, 0.35]})
     text = "\n".join(compare_baselines.verdict_lines(runs, ["imagen", "gan"], "holdout"))
     assert (

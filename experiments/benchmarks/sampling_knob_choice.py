@@ -46,7 +46,10 @@ def evaluate(model: str, seed: int, eval_seed: int, runs: str, out: str, work: s
     result = os.path.join(out, f"{name}_eval{eval_seed}.json")
     if os.path.exists(result):
         with open(result) as f:
-            return json.load(f)["alignment"]
+            alignment = json.load(f)["alignment"]
+        if sorted(alignment, key=float) == [str(v) for v in values]:
+            return alignment
+        # a result for other knob values than MODELS names now: evaluated again below
     source = os.path.join(runs, name)
     if not os.path.isdir(os.path.join(source, "checkpoints")):
         sys.exit(
@@ -107,7 +110,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     low, _, high = args.seeds.partition("-")
-    seeds = list(range(int(low), int(high or low) + 1))
+    try:
+        seeds = list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        sys.exit(f"error: --seeds takes a range like 3-9, got {args.seeds!r}")
+    if len(seeds) < 2:
+        sys.exit(
+            f"error: --seeds {args.seeds} names {len(seeds)} seed(s); an interval over seeds needs at least 2"
+        )
+    if os.path.realpath(args.work) == os.path.realpath(args.runs):
+        sys.exit("error: --work must not be --runs: the runs' committed eval/ folders would be replaced")
     os.makedirs(args.out, exist_ok=True)
     summary = {}
     for model in args.models.split(","):

@@ -31,7 +31,7 @@ FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "gan", "casca
 # attention (*.attention_implementation: the same numbers up to rounding).
 _UNFROZEN = re.compile(
     r"stages\.[^.]+\.sample\.|data\.(worker_count|read_threads|prefetch_batches|text_join|tfds_data_dir):|"
-    r"data\.\w+: None -> |"
+    r"data\.(?!num_holdout_pairs)\w+: None -> |"  # a new data key that shapes the experiment is ADDED_WITH_DEFAULT
     r"[\w.]*attention_implementation: "  # how attention runs (xla | cudnn), not what it computes
 )
 
@@ -39,7 +39,7 @@ _UNFROZEN = re.compile(
 # existed (a fact of history: it stays when a default changes): a saved config without the key and a current one
 # holding this value describe the same experiment (another value is a change). Keys are given without a cascade's
 # "stages.<name>." prefix.
-ADDED_WITH_DEFAULT = {"model.norm_groups": 32, "diffusion.offset_noise": 0.0}
+ADDED_WITH_DEFAULT = {"model.norm_groups": 32, "diffusion.offset_noise": 0.0, "data.num_holdout_pairs": 6}
 
 
 def _added_with_its_default(key: str, saved: Any, current: Any) -> bool:

@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from imagen_jax.data import shapes
 from imagen_jax.data.shapes import ObjectSpec, Scene, ShapesDataset
+from imagen_jax.errors import UserError
 
 
 def _uint8(images: np.ndarray) -> np.ndarray:
@@ -164,6 +165,49 @@ def test_held_out_pairs_never_in_train_and_always_in_holdout():
     assert all(_pairs(shapes.parse_caption(p)) & held for p in prompts)
     batch = ds.batch(0, 64, split="train")
     assert all(not (_pairs(shapes.parse_caption(c)) & held) for c in batch["captions"])
+
+
+@pytest.mark.parametrize("n", range(1, len(shapes.HOLDOUT_ORDER) + 1))
+def test_every_number_of_held_out_pairs_leaves_every_colour_and_shape_in_training(n):
+    ds = ShapesDataset(16, max_objects=1, num_holdout_pairs=n)
+    held = set(ds.holdout_pairs)
+    assert len(held) == n and ds.holdout_pairs == shapes.HOLDOUT_ORDER[:n]
+    train_pairs = set(itertools.product(shapes.COLOURS, shapes.SHAPES)) - held
+    assert {c for c, _ in train_pairs} == set(shapes.COLOURS)
+    assert {s for _, s in train_pairs} == set(shapes.SHAPES)
+    rng = np.random.default_rng(n)
+    train, holdout = ds.sample_scenes(rng, 1500, "train"), ds.sample_scenes(rng, 1500, "holdout")
+    assert set().union(*map(_pairs, train)) == train_pairs
+    assert set().union(*map(_pairs, holdout)) == held
+
+
+def test_the_default_holds_out_the_six_pairs_of_before_and_bad_counts_are_refused():
+    assert ShapesDataset(16).holdout_pairs == shapes.HOLDOUT_PAIRS == shapes.HOLDOUT_ORDER[:6]
+    assert len(set(shapes.HOLDOUT_ORDER)) == 16  # at 16 each colour keeps one shape: no 17th can go
+    assert ShapesDataset(16, holdout_combinations=False, num_holdout_pairs=12).holdout_pairs == ()
+    for bad in (0, 17, 2.5):
+        with pytest.raises(UserError, match="num_holdout_pairs must be an integer from 1 to 16"):
+            ShapesDataset(16, num_holdout_pairs=bad)
+
+
+def test_the_config_key_reaches_training_data_and_the_eval_reference():
+    from configs import quickstart
+    from imagen_jax.data import pipeline
+    from imagen_jax.evaluation import run as eval_run
+
+    config = quickstart.get_config("tiny")
+    assert pipeline.build_dataset(config).holdout_pairs == shapes.HOLDOUT_PAIRS
+    config.data.num_holdout_pairs = 12
+    dataset = pipeline.build_dataset(config)
+    held = set(shapes.HOLDOUT_ORDER[:12])
+    assert set(dataset.holdout_pairs) == held
+    reference = eval_run.reference_batch(dataset, "holdout", 64, seed=0)
+    assert all(_pairs(shapes.parse_caption(c)) & held for c in reference["captions"])
+    assert {p for c in reference["captions"] for p in _pairs(shapes.parse_caption(c))} - set(
+        shapes.HOLDOUT_PAIRS
+    )
+    train = dataset.batch(0, 64, split="train")
+    assert all(not (_pairs(shapes.parse_caption(c)) & held) for c in train["captions"])
 
 
 def test_without_holdout_both_splits_draw_from_everything():

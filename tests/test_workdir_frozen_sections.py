@@ -61,3 +61,16 @@ def test_a_key_added_since_the_run_resumes_at_its_old_value_only(tmp_path):
         workdir.prepare_for_training(str(tmp_path), config)
     config.model.norm_groups = 32
     workdir.prepare_for_training(str(tmp_path), config)
+
+
+def test_a_run_saved_before_num_holdout_pairs_resumes_with_six_held_out_only(tmp_path):
+    """data.num_holdout_pairs changes which captions training sees: a run saved before the key held out 6 pairs,
+    so it resumes under 6 and is refused under 12 (another data key added since, text_join, is not frozen)."""
+    config = quickstart.get_config("tiny")
+    del config.data["num_holdout_pairs"]
+    workdir.prepare_for_training(str(tmp_path), config)
+    config.data.num_holdout_pairs = 12
+    with pytest.raises(UserError, match=r"data\.num_holdout_pairs: None -> 12"):
+        workdir.prepare_for_training(str(tmp_path), config)
+    config.data.num_holdout_pairs = 6
+    workdir.prepare_for_training(str(tmp_path), config)

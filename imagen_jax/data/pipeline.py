@@ -52,6 +52,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "text_join": False,  # look up text embeddings in the pipeline (the cache of mode=encode_text serves them)
     "sr_crop": 0,  # > 0: random crops of this side plus "lowres_images" (their sr_lowres_size versions)
     "sr_lowres_size": 0,
+    # shapes with holdout_combinations: how many (colour, shape) pairs the holdout split reserves, the first n of
+    # shapes.HOLDOUT_ORDER (6, the default, is shapes.HOLDOUT_PAIRS; at most 16)
+    "num_holdout_pairs": 6,
 }
 # Keys of DATA_DEFAULTS that data_defaults() leaves out, so that a config shows them only when it sets them:
 # the prefetch depth (a tuning knob) and the pipeline's SR crops (set by hand where used; cascades crop in
@@ -93,6 +96,7 @@ def build_dataset(config: ml_collections.ConfigDict):
         max_objects=data.max_objects,
         holdout_combinations=data.holdout_combinations,
         seed=config.seed,
+        num_holdout_pairs=data_option(data, "num_holdout_pairs"),
     )
 
 

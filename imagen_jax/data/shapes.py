@@ -64,6 +64,22 @@ HOLDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("purple", "triangle"),
     ("cyan", "circle"),
 )
+# data.num_holdout_pairs = n holds out the first n of this order (6: HOLDOUT_PAIRS, the default). Every prefix
+# leaves each colour and each shape in training: 8 gives every colour one held-out pair, 12 two to four colours
+# per shape, 16 (the most) leaves each colour one shape. More held out means more of the colour-shape grid is
+# learnt only from its parts: a harder test of composition at the same image size.
+HOLDOUT_ORDER: tuple[tuple[str, str], ...] = HOLDOUT_PAIRS + (
+    ("white", "square"),
+    ("orange", "triangle"),
+    ("red", "triangle"),
+    ("green", "square"),
+    ("blue", "circle"),
+    ("yellow", "circle"),
+    ("purple", "square"),
+    ("cyan", "triangle"),
+    ("white", "circle"),
+    ("orange", "circle"),
+)
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.product(COLOURS, SHAPES))
 
 # Geometry, in units of the image side. An object's extent s is its bounding-box side: circle diameter,
@@ -325,6 +341,7 @@ class ShapesDataset:
         holdout_combinations: bool = True,
         seed: int = 0,
         two_object_fraction: float = 0.5,
+        num_holdout_pairs: int = len(HOLDOUT_PAIRS),
     ):
         if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
             raise UserError(f"data.image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size}")
@@ -332,26 +349,35 @@ class ShapesDataset:
             raise UserError(f"data.max_objects must be 1 or 2, got {max_objects}")
         if not 0.0 <= two_object_fraction <= 1.0:
             raise ValueError(f"two_object_fraction must be in [0, 1], got {two_object_fraction}")
+        if int(num_holdout_pairs) != num_holdout_pairs or not 1 <= num_holdout_pairs <= len(HOLDOUT_ORDER):
+            raise UserError(
+                f"data.num_holdout_pairs must be an integer from 1 to {len(HOLDOUT_ORDER)} (the most that leaves "
+                f"every colour and shape in training), got {num_holdout_pairs}; "
+                f"{len(HOLDOUT_PAIRS)} is the default."
+            )
         self.image_size = int(image_size)
         self.max_objects = int(max_objects)
         self.holdout_combinations = bool(holdout_combinations)
+        self.num_holdout_pairs = int(num_holdout_pairs)
         self.seed = int(seed)
         self.two_object_fraction = float(two_object_fraction) if max_objects == 2 else 0.0
 
     @property
     def holdout_pairs(self) -> tuple[tuple[str, str], ...]:
-        """(colour, shape) pairs reserved for the holdout split; empty when holdout_combinations is off."""
-        return HOLDOUT_PAIRS if self.holdout_combinations else ()
+        """(colour, shape) pairs reserved for the holdout split (the first num_holdout_pairs of HOLDOUT_ORDER);
+        empty when holdout_combinations is off."""
+        return HOLDOUT_ORDER[: self.num_holdout_pairs] if self.holdout_combinations else ()
 
     def _pairs(self, split: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(pairs every scene must include one of, pairs the other object may be) for a split."""
         _split_code(split)
         if not self.holdout_combinations:
             return list(ALL_PAIRS), list(ALL_PAIRS)
+        held = self.holdout_pairs
         if split == "train":
-            train = [p for p in ALL_PAIRS if p not in HOLDOUT_PAIRS]
+            train = [p for p in ALL_PAIRS if p not in held]
             return train, train
-        return list(HOLDOUT_PAIRS), list(ALL_PAIRS)
+        return list(held), list(ALL_PAIRS)
 
     def sample_scenes(self, rng: np.random.Generator, n: int, split: str = "train") -> list[Scene]:
         """n scenes of the split (holdout: each has at least one held-out (colour, shape) pair)."""

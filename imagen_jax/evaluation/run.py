@@ -164,7 +164,12 @@ def reference_batch(dataset: Any, split: str, n: int, seed: int) -> dict[str, An
         )
     fraction = dataset.two_object_fraction if dataset.max_objects == 2 else 0.5
     same_data = shapes.ShapesDataset(
-        dataset.image_size, dataset.max_objects, dataset.holdout_combinations, int(seed), fraction
+        dataset.image_size,
+        dataset.max_objects,
+        dataset.holdout_combinations,
+        int(seed),
+        fraction,
+        num_holdout_pairs=dataset.num_holdout_pairs,
     )
     return same_data.batch(0, int(n), process_index=EVAL_STREAM, split=split)
 

@@ -65,8 +65,8 @@ HOLDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("cyan", "circle"),
 )
 # data.num_holdout_pairs = n holds out the first n of this order (6: HOLDOUT_PAIRS, the default). Every prefix
-# leaves each colour and each shape in training: 8 gives every colour one held-out pair, 12 two to four colours
-# per shape, 16 (the most) leaves each colour one shape. More held out means more of the colour-shape grid is
+# leaves each colour and each shape in training: 8 gives every colour one held-out pair, 12 holds out four colours
+# of each shape, 16 (the most) leaves each colour one shape. More held out means more of the colour-shape grid is
 # learnt only from its parts: a harder test of composition at the same image size.
 HOLDOUT_ORDER: tuple[tuple[str, str], ...] = HOLDOUT_PAIRS + (
     ("white", "square"),

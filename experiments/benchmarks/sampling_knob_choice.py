@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from compare_baselines import mean_ci  # noqa: E402  (experiments/: the comparison's own interval)
 
 # model -> (config, steps of the comparison's budget, knob, values, the config's value)
 MODELS = {
@@ -85,16 +87,6 @@ def evaluate(model: str, seed: int, eval_seed: int, runs: str, out: str, work: s
 def choose(validation: dict[str, float], default: float) -> str:
     """The knob value with the highest validation alignment; a tie keeps the config's value, then the lowest."""
     return max(sorted(validation, key=float), key=lambda v: (validation[v], float(v) == default))
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student-t interval) over seeds."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
 def main() -> None:

@@ -79,6 +79,12 @@ def build_dataset(config: ml_collections.ConfigDict):
     if data.source not in SOURCES:
         raise UserError(f"data.source={data.source!r} is not available; choose one of {SOURCES}.")
     if data.source == "tfds":
+        if data_option(data, "num_holdout_pairs") != DATA_DEFAULTS["num_holdout_pairs"]:
+            raise UserError(
+                f"data.num_holdout_pairs={data.num_holdout_pairs} applies to data.source=shapes (rendered on the "
+                f"fly); a TFDS dataset's splits are fixed when it is prepared. Drop the override, or train on "
+                f"data.source=shapes."
+            )
         from imagen_jax.data import tfds as tfds_lib  # TFDS is imported only when asked for
 
         _check_grain_options(data)

@@ -27,13 +27,14 @@ from imagen_jax.training.checkpoint import CheckpointError
 FROZEN_SECTIONS = ("family", "data", "text", "model", "diffusion", "gan", "cascade", "stages")
 # ... except how a cascade stage samples (stages.<name>.sample.*), which may change between runs, how the data
 # is read (worker processes, threads, prefetching, where the embeddings are joined, where TFDS data lives), and
-# data.* keys added to the config since the saved run (which then used their defaults), and which kernel runs
-# attention (*.attention_implementation: the same numbers up to rounding).
+# which kernel runs attention (*.attention_implementation: the same numbers up to rounding).
 _UNFROZEN = re.compile(
     r"stages\.[^.]+\.sample\.|data\.(worker_count|read_threads|prefetch_batches|text_join|tfds_data_dir):|"
-    r"data\.(?!num_holdout_pairs)\w+: None -> |"  # a new data key that shapes the experiment is ADDED_WITH_DEFAULT
     r"[\w.]*attention_implementation: "  # how attention runs (xla | cudnn), not what it computes
 )
+# ... and data.* keys added to the config since the saved run (which then used their defaults), unless
+# ADDED_WITH_DEFAULT names the key: then only its old value is the same experiment.
+_NEW_DATA_KEY = re.compile(r"data\.\w+: None -> ")
 
 # Keys of the frozen sections added since runs were first saved, with the value such a run used before the key
 # existed (a fact of history: it stays when a default changes): a saved config without the key and a current one
@@ -42,8 +43,12 @@ _UNFROZEN = re.compile(
 ADDED_WITH_DEFAULT = {"model.norm_groups": 32, "diffusion.offset_noise": 0.0, "data.num_holdout_pairs": 6}
 
 
+def _without_stage(key: str) -> str:
+    return re.sub(r"^stages\.[^.]+\.", "", key)
+
+
 def _added_with_its_default(key: str, saved: Any, current: Any) -> bool:
-    key = re.sub(r"^stages\.[^.]+\.", "", key)
+    key = _without_stage(key)
     return saved is None and key in ADDED_WITH_DEFAULT and current == ADDED_WITH_DEFAULT[key]
 
 
@@ -251,6 +256,7 @@ def experiment_changes(
             text = f"{key}: {a!r} -> {b!r}"
             if (
                 _UNFROZEN.match(text)
+                or (_NEW_DATA_KEY.match(text) and _without_stage(key) not in ADDED_WITH_DEFAULT)
                 or _added_with_its_default(key, a, b)
                 or (lenient and (a is None or b is None))
             ):

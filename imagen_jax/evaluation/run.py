@@ -17,6 +17,7 @@ and TensorBoard scalars under tensorboard/eval/.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -162,15 +163,8 @@ def reference_batch(dataset: Any, split: str, n: int, seed: int) -> dict[str, An
         raise UserError(
             "mode=eval needs the built-in shapes data (data.source=shapes) for its reference images and judge."
         )
-    fraction = dataset.two_object_fraction if dataset.max_objects == 2 else 0.5
-    same_data = shapes.ShapesDataset(
-        dataset.image_size,
-        dataset.max_objects,
-        dataset.holdout_combinations,
-        int(seed),
-        fraction,
-        num_holdout_pairs=dataset.num_holdout_pairs,
-    )
+    same_data = copy.copy(dataset)  # every setting of the experiment's data (its held-out pairs too) ...
+    same_data.seed = int(seed)  # ... but the eval seed
     return same_data.batch(0, int(n), process_index=EVAL_STREAM, split=split)
 
 

@@ -16,10 +16,10 @@ evaluation settings takes the run from its record, training and evaluating nothi
 so a record is all a committed comparison keeps of its runs); a run with a record that does not match, or none,
 is trained (a run already trained to its steps only resumes) and evaluated. --run_seeds runs a subset of the
 seeds and writes their records only, so that a comparison can grow in pieces (side by side, or over days); a
-call without it takes or makes every (config, seed)'s record, then writes the report. The report is <out>/report.md, every
-number also in <out>/results.json; it opens with its result, stated from the numbers: which model has the highest
-held-out alignment, and whether its 95% interval is disjoint from each other model's (verdict_lines). Training runs in this process through imagen_jax.main (the same code path as
-the command line).
+call without it takes or makes every (config, seed)'s record, then writes the report. The report is
+<out>/report.md, every number also in <out>/results.json; it opens with its result, stated from the numbers: which
+model has the highest held-out alignment, and whether its 95% interval is disjoint from each other model's
+(verdict_lines). Training runs in this process through imagen_jax.main (the same code path as the command line).
 """
 
 from __future__ import annotations

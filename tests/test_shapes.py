@@ -208,9 +208,8 @@ def test_the_config_key_reaches_training_data_and_the_eval_reference():
     )
     train = dataset.batch(0, 64, split="train")
     assert all(not (_pairs(shapes.parse_caption(c)) & held) for c in train["captions"])
-    config.data.source = (
-        "tfds"  # splits fixed when prepared: the count would do nothing there, so it is refused
-    )
+    # a TFDS dataset's splits are fixed when it is prepared: the count would do nothing there, so it is refused
+    config.data.source = "tfds"
     with pytest.raises(UserError, match="num_holdout_pairs=12 applies to data.source=shapes"):
         pipeline.build_dataset(config)
 

@@ -9,7 +9,11 @@ Budget (one of): --budget_images N (the same number of training images for every
 measured by a short probe run; wall time is not reproducible, so the report records the steps it gave). Probes are
 kept in --throughput (default <out>/throughput.json) and reused, so that tuning runs and the comparison share one
 conversion; run them on an idle machine, back to back. Overrides that do not change a step's cost (learning rates,
-loss weights, the seed: THROUGHPUT_FREE) share their config's probe; any other override is probed on its own.
+loss weights, the seed, the held-out split, sample.* and eval.*: THROUGHPUT_FREE) share their config's probe; any
+other override is probed on its own. --set KEY=VALUE overrides every model's config, --set MODEL:KEY=VALUE one
+model's (e.g. vae_shapes_px16:sample.temperature=0.5, a family's sampling knob chosen in tuning). The seeds are
+--first_seed .. --first_seed + --seeds - 1 (fresh seeds such as 10-19 keep the tuning seed 0 out of the result);
+the first seed's runs carry the sampling sweeps and the report's sample grids.
 Runs go to <out>/runs/<config>_seed<s>/; each finished run leaves its record (command, steps, evaluation
 settings, every number) in <out>/runs/<config>_seed<s>/comparison_run.json. A later call with the same command and
 evaluation settings takes the run from its record, training and evaluating nothing (checkpoints stay out of git,
@@ -75,7 +79,15 @@ CLIP_METRIC = ("clip_score", "CLIP score", 1.0)  # a column when a CLIP is confi
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated config files (file[:variant])")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per config")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="seeds per config: --first_seed .. --first_seed + N - 1"
+    )
+    p.add_argument(
+        "--first_seed",
+        type=int,
+        default=0,
+        help="the first seed (e.g. 10 for fresh seeds after tuning on seed 0); its runs carry the sweeps and grids",
+    )
     p.add_argument(
         "--run_seeds",
         help="train and evaluate only these of the seeds (e.g. 3-5 or 3,7) and write their records, no report",
@@ -101,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a config override for every run, e.g. --set mesh.cpu_devices=0 (repeatable)",
+        help="a config override for every run, e.g. --set mesh.cpu_devices=0, or for one model's runs only, "
+        "MODEL:KEY=VALUE with MODEL a run name such as vae_shapes_px16 (repeatable)",
     )
     p.add_argument(
         "--probe_steps", type=int, default=60, help="steps of the throughput probe (--budget_minutes)"
@@ -126,14 +139,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--probe_only probes for --budget_minutes")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if args.first_seed < 0:
+        p.error("--first_seed must be >= 0")
+    args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     try:
-        args.run_seeds = parse_seed_list(args.run_seeds, args.seeds) if args.run_seeds else None
+        args.run_seeds = parse_seed_list(args.run_seeds, args.seed_list) if args.run_seeds else None
     except ValueError as e:
         p.error(f"--run_seeds: {e}")
     args.configs = split_configs(args.configs)
     for config in args.configs:
         if not os.path.isfile(config.split(":", 1)[0]):
             p.error(f"config file {config.split(':', 1)[0]} does not exist")
+    try:
+        for config in args.configs:
+            overrides_for(run_name(config), args.set, [run_name(c) for c in args.configs])
+    except ValueError as e:
+        p.error(f"--set: {e}")
     return args
 
 
@@ -151,17 +172,41 @@ def split_configs(text: str) -> list[str]:
     return configs
 
 
-def parse_seed_list(text: str, num_seeds: int) -> list[int]:
-    """ "3-5,8" -> [3, 4, 5, 8]; every seed must be one of the comparison's 0 .. num_seeds - 1."""
+def overrides_for(model: str, sets: list[str], models: list[str] | None = None) -> list[str]:
+    """The --set overrides of one model's runs, in order: "KEY=VALUE" for every model, "MODEL:KEY=VALUE" for the
+    model named (a config key has no colon). A scope naming none of `models` is an error, not an override that
+    silently does nothing."""
+    own = []
+    for item in sets:
+        key = item.split("=", 1)[0]
+        if "=" not in item:
+            raise ValueError(f"{item!r} is not KEY=VALUE or MODEL:KEY=VALUE")
+        scope, colon, key = key.rpartition(":")
+        if not colon:
+            own.append(item)
+            continue
+        if models is not None and scope not in models:
+            raise ValueError(
+                f"{item!r} names the model {scope!r}, which is none of --configs' ({', '.join(models)})"
+            )
+        if scope == model:
+            own.append(item.split(":", 1)[1])
+    return own
+
+
+def parse_seed_list(text: str, seed_list: list[int]) -> list[int]:
+    """ "3-5,8" -> [3, 4, 5, 8]; every seed must be one of the comparison's (seed_list)."""
     seeds: list[int] = []
     for item in (i.strip() for i in text.split(",")):
         lo, _, hi = item.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
             raise ValueError(f"{item!r} is not a seed or a range of seeds like 3-5")
         seeds += range(int(lo), int(hi or lo) + 1)
-    outside = sorted(s for s in set(seeds) if s >= num_seeds)
+    outside = sorted(s for s in set(seeds) if s not in seed_list)
     if not seeds or outside:
-        raise ValueError(f"seeds {outside} are outside --seeds {num_seeds} (0 .. {num_seeds - 1})")
+        raise ValueError(
+            f"seeds {outside} are outside the comparison's ({seed_list[0]} .. {seed_list[-1]}: --first_seed, --seeds)"
+        )
     return sorted(set(seeds))
 
 
@@ -214,12 +259,18 @@ THROUGHPUT_FREE = (
     "gan.mismatch_weight",
     "diffusion.loss_weighting",
     "diffusion.min_snr_gamma",
+    "data.num_holdout_pairs",  # which colour-shape pairs are held out, not how many images a step sees
 )
+THROUGHPUT_FREE_SECTIONS = ("sample.", "eval.")  # settings read after training only
 
 
 def costly_overrides(overrides: list[str]) -> list[str]:
     """The overrides that may change a training step's cost (all but THROUGHPUT_FREE's), sorted."""
-    return sorted(o for o in overrides if o.split("=", 1)[0] not in THROUGHPUT_FREE)
+    return sorted(
+        o
+        for o in overrides
+        if o.split("=", 1)[0] not in THROUGHPUT_FREE and not o.startswith(THROUGHPUT_FREE_SECTIONS)
+    )
 
 
 def throughput_key(config_path: str, overrides: list[str]) -> str:
@@ -308,8 +359,8 @@ def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list
 
 
 def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0):
-    """The shared eval settings (first config's, then the CLI's) with this model's own sweep (seed 0 only: the
-    report plots seed 0's curve, and a sweep costs a full evaluation per value)."""
+    """The shared eval settings (first config's, then the CLI's) with this model's own sweep (the first seed only:
+    the report plots that seed's curve, and a sweep costs a full evaluation per value)."""
     from imagen_jax.evaluation import run as eval_run
 
     shared = eval_run.settings_of(first_config, sweep=False)
@@ -324,7 +375,7 @@ def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0)
         settings.sweep_option, settings.sweep_values = "", ()
     if not settings.sweep_option and config.family in DEFAULT_SWEEPS:
         settings.sweep_option, settings.sweep_values = DEFAULT_SWEEPS[config.family]
-    if args.no_sweep or seed > 0:
+    if args.no_sweep or seed != args.first_seed:
         settings.sweep_option, settings.sweep_values = "", ()
     eval_run.check_settings(settings)
     return settings
@@ -469,7 +520,7 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
     lines = [
         "# Baseline comparison on the built-in shapes data",
         "",
-        f"{len(models)} models x {args.seeds} seed(s); budget: {_budget_text(args)}. Every number is the mean "
+        f"{len(models)} models x {args.seeds} seed(s) ({_seeds_text(args)}); budget: {_budget_text(args)}. Every number is the mean "
         f"± the half-width of its 95% Student-t confidence interval over seeds (a single seed shows no interval).",
         "",
         f"**Feature space of FID, KID, precision and recall: `{space}`** "
@@ -521,7 +572,8 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
                 for a in attributes
             ]
             lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
-    lines += ["", "## Samples (seed 0, the same prompts for every model)", ""]
+    first_seed = args.first_seed
+    lines += ["", f"## Samples (seed {first_seed}, the same prompts for every model)", ""]
     for split in splits:
         lines.append(f"{split} prompts:")
         lines.append("")
@@ -529,13 +581,13 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
             " ".join(
                 f"![{r['model']}]({os.path.relpath(r['eval']['prompt_sets'][split]['grid'], out)})"
                 for r in runs
-                if r["seed"] == 0 and "grid" in r["eval"]["prompt_sets"][split]
+                if r["seed"] == first_seed and "grid" in r["eval"]["prompt_sets"][split]
             )
         )
         lines.append("")
-    lines += ["## Sampling sweeps (FID vs alignment, seed 0)", ""]
+    lines += [f"## Sampling sweeps (FID vs alignment, seed {first_seed})", ""]
     for r in runs:
-        if r["seed"] == 0 and "sweep" in r["eval"]:
+        if r["seed"] == first_seed and "sweep" in r["eval"]:
             sweep = r["eval"]["sweep"]
             lines.append(
                 f"- {r['model']} ({sweep['option']}): ![sweep]({os.path.relpath(sweep['plot'], out)})"
@@ -629,6 +681,11 @@ def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
         )  # nan: n <= 3
         lines.append(f"- {split} prompts: r = {r_value:.3f} over {len(pairs)} runs{interval}")
     return lines + [""]
+
+
+def _seeds_text(args: argparse.Namespace) -> str:
+    first = args.first_seed
+    return f"seed {first}" if args.seeds == 1 else f"seeds {first}-{first + args.seeds - 1}"
 
 
 def _budget_lines(runs: list[dict[str, Any]], models: list[str]) -> list[str]:
@@ -749,20 +806,24 @@ def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    models = [run_name(c) for c in args.configs]
     if args.probe_only:
         for config_path in args.configs:
-            probe = probe_throughput(args, config_path, args.set)
+            probe = probe_throughput(
+                args, config_path, overrides_for(run_name(config_path), args.set, models)
+            )
             print(f"{run_name(config_path)}: {probe['images_per_sec']:.1f} images/s", flush=True)
         return args.throughput or os.path.join(args.out, "throughput.json")
     runs: list[dict[str, Any]] = []
     first_config = None
     for config_path in args.configs:
         model = run_name(config_path)
-        base = load_config(config_path, os.path.join(args.out, "runs", f"{model}_seed0"), 0, args.set)
+        own = overrides_for(model, args.set, models)
+        base = load_config(config_path, os.path.join(args.out, "runs", f"{model}_seed0"), 0, own)
         first_config = first_config or base
-        steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), args.set)
-        overrides = args.set + [f"train.steps={steps}"] + judging_off(base)
-        for seed in range(args.seeds):
+        steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), own)
+        overrides = own + [f"train.steps={steps}"] + judging_off(base)
+        for seed in args.seed_list:
             if args.run_seeds is not None and seed not in args.run_seeds:
                 continue
             workdir = os.path.join(args.out, "runs", f"{model}_seed{seed}")

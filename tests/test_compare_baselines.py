@@ -157,15 +157,81 @@ def test_the_alignment_figure_draws(tmp_path):
 
 
 def test_run_seeds_name_seeds_of_the_comparison():
-    assert compare_baselines.parse_seed_list("3-5,8, 4", 10) == [3, 4, 5, 8]
-    with pytest.raises(ValueError, match=r"seeds \[10, 11\] are outside --seeds 10"):
-        compare_baselines.parse_seed_list("9-11", 10)
+    assert compare_baselines.parse_seed_list("3-5,8, 4", list(range(10))) == [3, 4, 5, 8]
+    with pytest.raises(ValueError, match=r"seeds \[10, 11\] are outside the comparison's \(0 .. 9"):
+        compare_baselines.parse_seed_list("9-11", list(range(10)))
     with pytest.raises(ValueError, match="not a seed or a range"):
-        compare_baselines.parse_seed_list("3..5", 10)
+        compare_baselines.parse_seed_list("3..5", list(range(10)))
     with pytest.raises(SystemExit):  # argparse's one message, exit 2
         compare_baselines.parse_args(
             ["--configs", FOUR, "--budget_steps", "5", "--out", "o", "--run_seeds", "3"]
         )
+
+
+def test_first_seed_shifts_the_comparisons_seeds_and_its_sweep(tmp_path):
+    argv = [
+        "--configs",
+        FOUR,
+        "--budget_steps",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--seeds",
+        "10",
+        "--first_seed",
+        "10",
+    ]
+    args = compare_baselines.parse_args(argv + ["--run_seeds", "12-13,19"])
+    assert args.seed_list == list(range(10, 20)) and args.run_seeds == [12, 13, 19]
+    for outside in ("9", "20", "0-2"):  # seed 0 is the tuning seed, not one of these
+        with pytest.raises(SystemExit):
+            compare_baselines.parse_args(argv + ["--run_seeds", outside])
+    with pytest.raises(SystemExit):
+        compare_baselines.parse_args(argv[:-1] + ["-1"])
+    config = compare_baselines.load_config("configs/imagen_shapes.py:px16", str(tmp_path / "w"), 10, [])
+    sweeps = {s: compare_baselines.eval_settings(args, config, config, s).sweep_option for s in (0, 10, 11)}
+    assert sweeps == {0: "", 10: "guidance_scale", 11: ""}  # the first seed's run carries the sweep
+
+
+def test_a_scoped_set_reaches_only_its_models_runs():
+    sets = [
+        "data.num_holdout_pairs=12",
+        "vae_shapes_px16:sample.temperature=0.5",
+        "imagen_shapes_px16:a.b=c:d",
+    ]
+    models = ["imagen_shapes_px16", "vae_shapes_px16", "vae_shapes_vq_px16"]
+    own = compare_baselines.overrides_for
+    assert own("vae_shapes_px16", sets, models) == ["data.num_holdout_pairs=12", "sample.temperature=0.5"]
+    assert own("vae_shapes_vq_px16", sets, models) == ["data.num_holdout_pairs=12"]
+    assert own("imagen_shapes_px16", sets, models) == [
+        "data.num_holdout_pairs=12",
+        "a.b=c:d",
+    ]  # ':' in a value
+    with pytest.raises(ValueError, match="names the model 'vae_shapes', which is none of"):
+        own("vae_shapes_px16", ["vae_shapes:sample.temperature=0.5"], models)
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        own("vae_shapes_px16", ["sample.temperature"], models)
+    with pytest.raises(SystemExit):  # a misspelt model is refused before anything trains
+        compare_baselines.parse_args(
+            [
+                "--configs",
+                FOUR,
+                "--budget_steps",
+                "5",
+                "--out",
+                "o",
+                "--set",
+                "vae_px16:sample.temperature=0.5",
+            ]
+        )
+
+
+def test_settings_read_after_training_share_the_probe():
+    key = compare_baselines.throughput_key
+    config = "configs/vae_shapes.py:px16"
+    free = ["data.num_holdout_pairs=12", "sample.temperature=0.5", "eval.sweep_values=(0.5,1.0)"]
+    assert key(config, free) == key(config, []) == "vae_shapes_px16"
+    assert key(config, free + ["data.image_size=32"]) == "vae_shapes_px16 data.image_size=32"
 
 
 def test_a_record_is_reused_only_for_its_own_command_and_settings(tmp_path):

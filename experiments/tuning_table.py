@@ -68,6 +68,19 @@ def rows_of(results_path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """The overrides every run shares (the setting the tuning is for, e.g. a data split), in the first row's
+    order; none when there is only one run (its overrides are what it tunes)."""
+    if len(rows) < 2:
+        return []
+    return [o for o in rows[0]["overrides"] if all(o in r["overrides"] for r in rows)]
+
+
+def tuned_overrides(row: dict[str, Any], common: list[str]) -> list[str]:
+    """A row's own overrides, those every run shares left out."""
+    return [o for o in row["overrides"] if o not in common]
+
+
 def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """{model: its chosen row}: highest held-out alignment, then lowest held-out FID."""
     chosen: dict[str, dict[str, Any]] = {}
@@ -80,6 +93,7 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> str:
     chosen = choose(rows)
+    common = common_overrides(rows)
     lines = [
         f"# {title}",
         "",
@@ -90,16 +104,21 @@ def markdown(rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> s
         f"{rows[0]['num_samples']} images per prompt set, +- the half-width of its 95% binomial interval "
         "(normal approximation): one seed, so this is the judge's sampling noise, not the seeds' spread.",
         "",
+        *(
+            [f"Every run: `{' '.join(common)}`; (config as is) below means with only that.", ""]
+            if common
+            else []
+        ),
         "| model | override | steps | held-out alignment | shape / colour / size / position | train alignment "
         "| held-out FID | train FID | chosen |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model in dict.fromkeys(r["model"] for r in rows):
-        for row in sorted((r for r in rows if r["model"] == model), key=lambda r: r["overrides"]):
+        for row in sorted((r for r in rows if r["model"] == model), key=lambda r: tuned_overrides(r, common)):
             attributes = " / ".join(f"{row['holdout_attributes'][a]:.3f}" for a in ATTRIBUTES)
             halfwidth = binomial_halfwidth(row["holdout"], row["num_samples"])
             lines.append(
-                f"| {model} | {', '.join(row['overrides']) or '(config as is)'} | {row['steps']} | "
+                f"| {model} | {', '.join(tuned_overrides(row, common)) or '(config as is)'} | {row['steps']} | "
                 f"{row['holdout']:.3f} ± {halfwidth:.3f} | {attributes} | {row['train']:.3f} | "
                 f"{row['holdout_fid']:.3g} | {row['train_fid']:.3g} | {'**yes**' if chosen[model] is row else ''} |"
             )
@@ -117,7 +136,9 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"no results.json under {args.runs}: give compare_baselines.py output directories")
     rows = [row for path in paths for row in rows_of(path)]
     with open(args.out + ".json", "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "chosen": {m: r["overrides"] for m, r in choose(rows).items()}}, f, indent=2)
+        common = common_overrides(rows)
+        chosen = {m: tuned_overrides(r, common) for m, r in choose(rows).items()}
+        json.dump({"rows": rows, "common": common, "chosen": chosen}, f, indent=2)
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write(markdown(rows, args.title, args.note))
     return args.out + ".md"

@@ -118,6 +118,20 @@ def test_the_tuning_table_chooses_by_held_out_alignment_then_fid(tmp_path):
     assert "| vae | (config as is) | 100 | 0.500 ± 0.061 |" in text  # 1.96 sqrt(0.25 / 256) = 0.06125
 
 
+def test_the_tuning_table_names_an_override_every_run_shares_once(tmp_path):
+    split = "data.num_holdout_pairs=12"
+    _results(tmp_path / "runs" / "a", "vae", [split], 0.50, 10.0)
+    _results(tmp_path / "runs" / "b", "vae", [split, "train.learning_rate=5e-4"], 0.60, 30.0)
+    _results(tmp_path / "runs" / "c", "gan", [split], 0.10, 5.0)
+    tuning_table.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(tmp_path / "tuning")])
+    table = json.loads((tmp_path / "tuning.json").read_text())
+    assert table["common"] == [split]
+    assert table["chosen"] == {"vae": ["train.learning_rate=5e-4"], "gan": []}
+    text = (tmp_path / "tuning.md").read_text()
+    assert f"Every run: `{split}`" in text and "| gan | (config as is) | 100 |" in text
+    assert "| vae | train.learning_rate=5e-4 | 100 | 0.600" in text
+
+
 def test_the_tuning_table_refuses_an_empty_glob(tmp_path):
     with pytest.raises(SystemExit, match="no results.json"):
         tuning_table.main(["--runs", str(tmp_path / "none*"), "--out", str(tmp_path / "t")])

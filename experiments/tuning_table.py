@@ -63,9 +63,40 @@ def rows_of(results_path: str) -> list[dict[str, Any]]:
                 "num_samples": run["eval"]["num_samples"],
                 "results": results_path,
                 "command": shlex.join(["python", "experiments/compare_baselines.py", *results["argv"]]),
+                **({"sweep": sweep_of(run)} if "sweep" in run["eval"] else {}),
             }
         )
     return rows
+
+
+def sweep_of(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's sampling sweep on held-out prompts: the option, the config's own value (from the run's saved
+    config.json) and {value: (held-out alignment, held-out FID)}."""
+    sweep = run["eval"]["sweep"]
+    option = sweep["option"]
+    path = os.path.join(run["workdir"], "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            default = float(json.load(f)["sample"][option])
+    except (OSError, KeyError) as e:
+        raise SystemExit(
+            f"{path}: the run's saved config with sample.{option} is needed to read its sweep ({e})"
+        ) from e
+    points = {
+        str(float(p["value"])): (p["alignment"]["all"], p["fid"])
+        for p in sweep["points"]
+        if p["prompt_set"] == "holdout"
+    }
+    if str(default) not in points:  # the run's own evaluation is the config's value
+        holdout = run["eval"]["prompt_sets"]["holdout"]
+        points[str(default)] = (holdout["alignment"]["all"], holdout["fid"])
+    return {"option": option, "default": default, "points": points}
+
+
+def choose_knob(sweep: dict[str, Any]) -> str:
+    """The sampling value with the highest held-out alignment; a tie keeps the config's value, then the lower FID."""
+    points = sweep["points"]
+    return max(points, key=lambda v: (points[v][0], float(v) == sweep["default"], -points[v][1]))
 
 
 def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
@@ -122,11 +153,43 @@ def markdown(rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> s
                 f"{row['holdout']:.3f} ± {halfwidth:.3f} | {attributes} | {row['train']:.3f} | "
                 f"{row['holdout_fid']:.3g} | {row['train_fid']:.3g} | {'**yes**' if chosen[model] is row else ''} |"
             )
+    lines += knob_lines(rows, chosen)
     for note in notes:
         lines += ["", note]
     lines += ["", "Commands (each trains and evaluates one run):", ""]
     lines += [f"    {row['command']}" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def knob_lines(rows: list[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> list[str]:
+    """Each model's sampling knob on its chosen run's sweep (held-out alignment, then FID, per value)."""
+    lines = [
+        "",
+        "## Sampling knob, on each model's chosen run",
+        "",
+        "Chosen: the highest held-out alignment, a tie keeping the config's value.",
+        "",
+    ]
+    for model, row in chosen.items():
+        if "sweep" not in row:
+            swept = [r for r in rows if r["model"] == model and "sweep" in r]
+            lines.append(
+                f"- {model}: no sweep on its chosen run"
+                + (
+                    " (the sweep ran on another of its runs; evaluate the chosen one with a sweep)"
+                    if swept
+                    else ""
+                )
+            )
+            continue
+        sweep = row["sweep"]
+        best = choose_knob(sweep)
+        values = " / ".join(
+            f"{v}: {a:.3f} (FID {fid:.3g})"
+            for v, (a, fid) in sorted(sweep["points"].items(), key=lambda i: float(i[0]))
+        )
+        lines.append(f"- {model}, {sweep['option']} (config {sweep['default']}): {values}; chosen **{best}**")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -138,7 +201,12 @@ def main(argv: list[str] | None = None) -> str:
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         common = common_overrides(rows)
         chosen = {m: tuned_overrides(r, common) for m, r in choose(rows).items()}
-        json.dump({"rows": rows, "common": common, "chosen": chosen}, f, indent=2)
+        knobs = {
+            m: {"option": r["sweep"]["option"], "value": float(choose_knob(r["sweep"]))}
+            for m, r in choose(rows).items()
+            if "sweep" in r
+        }
+        json.dump({"rows": rows, "common": common, "chosen": chosen, "knobs": knobs}, f, indent=2)
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write(markdown(rows, args.title, args.note))
     return args.out + ".md"

@@ -88,7 +88,7 @@ def test_an_unfinished_probe_is_refused_not_reused(tmp_path):
         compare_baselines.probe_throughput(args, "configs/gan_shapes.py:px16", [])
 
 
-def _results(path: pathlib.Path, model: str, sets: list[str], holdout: float, fid: float) -> None:
+def _results(path: pathlib.Path, model: str, sets: list[str], holdout: float, fid: float, sweep=None) -> None:
     alignment = {"all": holdout, "shape": holdout, "colour": 1.0, "size": 1.0, "position": 1.0}
     prompt_set = {"alignment": alignment, "fid": fid}
     run = {
@@ -96,10 +96,28 @@ def _results(path: pathlib.Path, model: str, sets: list[str], holdout: float, fi
         "seed": 0,
         "steps": 100,
         "batch_size": 32,
+        "workdir": str(path / "run"),
         "eval": {"num_samples": 256, "prompt_sets": {"holdout": prompt_set, "train": prompt_set}},
     }
+    if sweep:  # (option, the config's value, {value: (held-out alignment, FID)})
+        option, default, points = sweep
+        (path / "run").mkdir(parents=True)
+        (path / "run" / "config.json").write_text(json.dumps({"sample": {option: default}}))
+        run["eval"]["sweep"] = {
+            "option": option,
+            "points": [
+                {
+                    "value": v,
+                    "prompt_set": split,
+                    "alignment": {"all": a if split == "holdout" else 1.0},
+                    "fid": f,
+                }
+                for v, (a, f) in points.items()
+                for split in ("train", "holdout")
+            ],
+        }
     argv = ["--configs", "x.py", "--seeds", "1"] + [a for s in sets for a in ("--set", s)]
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps({"argv": argv, "runs": [run]}))
 
 
@@ -130,6 +148,42 @@ def test_the_tuning_table_names_an_override_every_run_shares_once(tmp_path):
     text = (tmp_path / "tuning.md").read_text()
     assert f"Every run: `{split}`" in text and "| gan | (config as is) | 100 |" in text
     assert "| vae | train.learning_rate=5e-4 | 100 | 0.600" in text
+
+
+def test_the_tuning_table_chooses_the_sampling_knob_on_the_chosen_runs_sweep(tmp_path):
+    # the VAE's as-is run (its own eval at temperature 1.0: 0.50) swept 0.5 / 0.8 (the train prompts all 1.0)
+    _results(
+        tmp_path / "runs" / "a",
+        "vae",
+        [],
+        0.50,
+        10.0,
+        ("temperature", 1.0, {0.5: (0.58, 9.0), 0.8: (0.58, 8.0)}),
+    )
+    # Imagen's sweep ties its config's value with a better-FID one: the tie keeps the config's
+    _results(
+        tmp_path / "runs" / "b",
+        "imagen",
+        [],
+        0.70,
+        5.0,
+        ("guidance_scale", 3.0, {3.0: (0.70, 5.0), 4.0: (0.70, 1.0)}),
+    )
+    # the GAN's chosen run has no sweep; its swept run lost
+    _results(tmp_path / "runs" / "c", "gan", [], 0.30, 5.0, ("truncation", 1.0, {0.5: (0.2, 1.0)}))
+    _results(tmp_path / "runs" / "d", "gan", ["train.g_learning_rate=1e-4"], 0.40, 5.0)
+    tuning_table.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(tmp_path / "tuning")])
+    knobs = json.loads((tmp_path / "tuning.json").read_text())["knobs"]
+    assert knobs == {  # 0.5 and 0.8 tie on alignment, neither is the config's: the lower FID (0.8)
+        "vae": {"option": "temperature", "value": 0.8},
+        "imagen": {"option": "guidance_scale", "value": 3.0},
+    }
+    text = (tmp_path / "tuning.md").read_text()
+    assert (
+        "- vae, temperature (config 1.0): 0.5: 0.580 (FID 9) / 0.8: 0.580 (FID 8) / 1.0: 0.500 (FID 10)"
+        in text
+    )
+    assert "- gan: no sweep on its chosen run (the sweep ran on another" in text
 
 
 def test_the_tuning_table_refuses_an_empty_glob(tmp_path):

@@ -108,8 +108,9 @@ def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def tuned_overrides(row: dict[str, Any], common: list[str]) -> list[str]:
-    """A row's own overrides, those every run shares left out."""
-    return [o for o in row["overrides"] if o not in common]
+    """A row's own training and sampling overrides: those every run shares and evaluation settings (eval.*, such
+    as a sweep's values, shown in the knob section) left out."""
+    return [o for o in row["overrides"] if o not in common and not o.startswith("eval.")]
 
 
 def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

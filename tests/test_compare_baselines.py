@@ -140,7 +140,7 @@ def test_the_tuning_table_names_an_override_every_run_shares_once(tmp_path):
     split = "data.num_holdout_pairs=12"
     _results(tmp_path / "runs" / "a", "vae", [split], 0.50, 10.0)
     _results(tmp_path / "runs" / "b", "vae", [split, "train.learning_rate=5e-4"], 0.60, 30.0)
-    _results(tmp_path / "runs" / "c", "gan", [split], 0.10, 5.0)
+    _results(tmp_path / "runs" / "c", "gan", [split, "eval.sweep_values=(0.5,1.0)"], 0.10, 5.0)
     tuning_table.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(tmp_path / "tuning")])
     table = json.loads((tmp_path / "tuning.json").read_text())
     assert table["common"] == [split]

@@ -150,9 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for config in args.configs:
         if not os.path.isfile(config.split(":", 1)[0]):
             p.error(f"config file {config.split(':', 1)[0]} does not exist")
-    try:
-        for config in args.configs:
-            overrides_for(run_name(config), args.set, [run_name(c) for c in args.configs])
+    try:  # every item's form and scope, once (the model asked for does not change what is refused)
+        overrides_for("", args.set, [run_name(c) for c in args.configs])
     except ValueError as e:
         p.error(f"--set: {e}")
     return args
@@ -178,10 +177,9 @@ def overrides_for(model: str, sets: list[str], models: list[str] | None = None) 
     silently does nothing."""
     own = []
     for item in sets:
-        key = item.split("=", 1)[0]
         if "=" not in item:
             raise ValueError(f"{item!r} is not KEY=VALUE or MODEL:KEY=VALUE")
-        scope, colon, key = key.rpartition(":")
+        scope, colon, _ = item.split("=", 1)[0].rpartition(":")
         if not colon:
             own.append(item)
             continue
@@ -265,7 +263,8 @@ THROUGHPUT_FREE_SECTIONS = ("sample.", "eval.")  # settings read after training 
 
 
 def costly_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that may change a training step's cost (all but THROUGHPUT_FREE's), sorted."""
+    """The overrides that may change a training step's cost (all but THROUGHPUT_FREE's and those of
+    THROUGHPUT_FREE_SECTIONS), sorted."""
     return sorted(
         o
         for o in overrides

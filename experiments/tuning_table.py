@@ -201,10 +201,11 @@ def main(argv: list[str] | None = None) -> str:
     rows = [row for path in paths for row in rows_of(path)]
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         common = common_overrides(rows)
-        chosen = {m: tuned_overrides(r, common) for m, r in choose(rows).items()}
+        best = choose(rows)
+        chosen = {m: tuned_overrides(r, common) for m, r in best.items()}
         knobs = {
             m: {"option": r["sweep"]["option"], "value": float(choose_knob(r["sweep"]))}
-            for m, r in choose(rows).items()
+            for m, r in best.items()
             if "sweep" in r
         }
         json.dump({"rows": rows, "common": common, "chosen": chosen, "knobs": knobs}, f, indent=2)

@@ -23,7 +23,11 @@ seeds and writes their records only, so that a comparison can grow in pieces (si
 call without it takes or makes every (config, seed)'s record, then writes the report. The report is
 <out>/report.md, every number also in <out>/results.json; it opens with its result, stated from the numbers: which
 model has the highest held-out alignment, and whether its 95% interval is disjoint from each other model's
-(verdict_lines). Training runs in this process through imagen_jax.main (the same code path as the command line).
+(verdict_lines). --borrow CONFIG SEEDS DIR adds a model whose runs another comparison made (DIR, its --out), read
+from their records and never trained here: each must have been made by the command this call would give it (its
+own seed and workdir, this call's overrides and budget) under this call's evaluation settings, so that a new
+comparison of two models can be reported beside earlier, independent seeds of the others. Training runs in this
+process through imagen_jax.main (the same code path as the command line).
 """
 
 from __future__ import annotations
@@ -125,6 +129,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --budget_minutes: probe every config's throughput into --throughput, train nothing",
     )
     p.add_argument(
+        "--borrow",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("CONFIG", "SEEDS", "DIR"),
+        help="report CONFIG's seeds SEEDS (e.g. 10-19) from the records of the comparison in DIR (its --out), "
+        "made by the same command and evaluation as this call's; nothing is trained for them (repeatable)",
+    )
+    p.add_argument(
         "--tuning", help="a markdown file of the tuning behind the configs, linked from the report"
     )
     p.add_argument(
@@ -150,8 +163,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for config in args.configs:
         if not os.path.isfile(config.split(":", 1)[0]):
             p.error(f"config file {config.split(':', 1)[0]} does not exist")
+    own_models = [run_name(c) for c in args.configs]
+    borrowed = []
+    for config, seeds, directory in args.borrow:
+        if not os.path.isfile(config.split(":", 1)[0]):
+            p.error(f"--borrow: config file {config.split(':', 1)[0]} does not exist")
+        if run_name(config) in own_models + [b.model for b in borrowed]:
+            p.error(
+                f"--borrow: {run_name(config)} is already in the comparison (--configs or another --borrow)"
+            )
+        try:
+            seed_list = parse_seed_list(seeds, None)
+        except ValueError as e:
+            p.error(f"--borrow {config}: {e}")
+        if not os.path.isdir(os.path.join(directory, "runs")):
+            p.error(
+                f"--borrow {config}: {directory} holds no runs/ of a comparison (give that comparison's --out)"
+            )
+        borrowed.append(
+            argparse.Namespace(config=config, model=run_name(config), seeds=seed_list, out=directory)
+        )
+    args.borrow = borrowed
+    if args.borrow and args.run_seeds is not None:
+        p.error("--borrow adds records to the report; --run_seeds writes records only: use one or the other")
     try:  # every item's form and scope, once (the model asked for does not change what is refused)
-        overrides_for("", args.set, [run_name(c) for c in args.configs])
+        overrides_for("", args.set, own_models + [b.model for b in args.borrow])
     except ValueError as e:
         p.error(f"--set: {e}")
     return args
@@ -185,25 +221,28 @@ def overrides_for(model: str, sets: list[str], models: list[str] | None = None) 
             continue
         if models is not None and scope not in models:
             raise ValueError(
-                f"{item!r} names the model {scope!r}, which is none of --configs' ({', '.join(models)})"
+                f"{item!r} names the model {scope!r}, which is none of the comparison's ({', '.join(models)}: "
+                "--configs, --borrow)"
             )
         if scope == model:
             own.append(item.split(":", 1)[1])
     return own
 
 
-def parse_seed_list(text: str, seed_list: list[int]) -> list[int]:
-    """ "3-5,8" -> [3, 4, 5, 8]; every seed must be one of the comparison's (seed_list)."""
+def parse_seed_list(text: str, seed_list: list[int] | None) -> list[int]:
+    """ "3-5,8" -> [3, 4, 5, 8]; every seed must be one of the comparison's (seed_list; None: any)."""
     seeds: list[int] = []
     for item in (i.strip() for i in text.split(",")):
         lo, _, hi = item.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
             raise ValueError(f"{item!r} is not a seed or a range of seeds like 3-5")
         seeds += range(int(lo), int(hi or lo) + 1)
-    outside = sorted(s for s in set(seeds) if s not in seed_list)
+    outside = [] if seed_list is None else sorted(s for s in set(seeds) if s not in seed_list)
     if not seeds or outside:
         raise ValueError(
             f"seeds {outside} are outside the comparison's ({seed_list[0]} .. {seed_list[-1]}: --first_seed, --seeds)"
+            if outside
+            else f"{text!r} names no seed"
         )
     return sorted(set(seeds))
 
@@ -310,18 +349,21 @@ def _train(argv: list[str]) -> float:
 
 
 def steps_for_budget(
-    args: argparse.Namespace, config_path: str, batch_size: int, overrides: list[str]
+    args: argparse.Namespace, config_path: str, batch_size: int, overrides: list[str], may_probe: bool = True
 ) -> tuple[int, dict[str, Any] | None]:
-    """(training steps of one config under the budget, the throughput probe they come from or None)."""
+    """(training steps of one config under the budget, the throughput probe they come from or None); with
+    may_probe False a config without a recorded probe is an error rather than a probe run."""
     if args.budget_steps:
         return int(args.budget_steps), None
     if args.budget_images:
         return max(1, math.ceil(args.budget_images / batch_size)), None
-    probe = probe_throughput(args, config_path, overrides)
+    probe = probe_throughput(args, config_path, overrides, may_probe)
     return max(1, int(args.budget_minutes * 60 * probe["images_per_sec"] / batch_size)), probe
 
 
-def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list[str]) -> dict[str, Any]:
+def probe_throughput(
+    args: argparse.Namespace, config_path: str, overrides: list[str], may_probe: bool = True
+) -> dict[str, Any]:
     """The probe of (config, costly overrides) from --throughput, or a new one (args.probe_steps steps of seed 0,
     its median logged images/s after the first interval, which holds compilation), added to the file."""
     path = args.throughput or os.path.join(args.out, "throughput.json")
@@ -332,6 +374,11 @@ def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list
     key = throughput_key(config_path, overrides)
     if key in probes:
         return probes[key]
+    if not may_probe:
+        raise SystemExit(
+            f"--borrow {config_path}: {path} holds no probe of {key!r}, so this call's budget gives it no steps; "
+            "give --throughput the file its comparison used."
+        )
     probe_dir = os.path.join(args.out, "probes", key.replace(" ", "_").replace("=", "-"))
     if os.path.exists(probe_dir):
         raise SystemExit(f"{probe_dir} exists from an unfinished probe; remove it and run again.")
@@ -357,9 +404,12 @@ def probe_throughput(args: argparse.Namespace, config_path: str, overrides: list
     return probes[key]
 
 
-def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0):
-    """The shared eval settings (first config's, then the CLI's) with this model's own sweep (the first seed only:
-    the report plots that seed's curve, and a sweep costs a full evaluation per value)."""
+def eval_settings(
+    args: argparse.Namespace, first_config, config, seed: int = 0, first_seed: int | None = None
+):
+    """The shared eval settings (first config's, then the CLI's) with this model's own sweep (the first seed only,
+    --first_seed or a borrowed model's first_seed: the report plots that seed's curve, and a sweep costs a full
+    evaluation per value)."""
     from imagen_jax.evaluation import run as eval_run
 
     shared = eval_run.settings_of(first_config, sweep=False)
@@ -374,7 +424,7 @@ def eval_settings(args: argparse.Namespace, first_config, config, seed: int = 0)
         settings.sweep_option, settings.sweep_values = "", ()
     if not settings.sweep_option and config.family in DEFAULT_SWEEPS:
         settings.sweep_option, settings.sweep_values = DEFAULT_SWEEPS[config.family]
-    if args.no_sweep or seed != args.first_seed:
+    if args.no_sweep or seed != (args.first_seed if first_seed is None else first_seed):
         settings.sweep_option, settings.sweep_values = "", ()
     eval_run.check_settings(settings)
     return settings
@@ -519,8 +569,9 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
     lines = [
         "# Baseline comparison on the built-in shapes data",
         "",
-        f"{len(models)} models x {args.seeds} seed(s) ({_seeds_text(args)}); budget: {_budget_text(args)}. Every number is the mean "
-        f"± the half-width of its 95% Student-t confidence interval over seeds (a single seed shows no interval).",
+        f"{len(args.configs)} model{'s' if len(args.configs) > 1 else ''} x {args.seeds} seed(s) ({_seeds_text(args)}){_borrowed_text(args)}; budget: "
+        f"{_budget_text(args)}. Every number is the mean ± the half-width of its 95% Student-t confidence interval "
+        "over seeds (a single seed shows no interval).",
         "",
         f"**Feature space of FID, KID, precision and recall: `{space}`** "
         f"({_space_text(first)}). Alignment is the shapes judge's accuracy (every attribute right) on the same "
@@ -682,6 +733,28 @@ def _clip_lines(runs: list[dict[str, Any]], splits: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _borrowed_text(args: argparse.Namespace) -> str:
+    """The --borrow models, said as what they are: another comparison's runs, not re-run."""
+    if not args.borrow:
+        return ""
+    parts = [f"{b.model} seeds {seed_ranges(b.seeds)} from {b.out}" for b in args.borrow]
+    return (
+        f", beside {_join(parts)}: another comparison's runs of the same command, budget and evaluation, read from "
+        "their records and not re-run here (independent seeds of the same runs)"
+    )
+
+
+def seed_ranges(seeds: list[int]) -> str:
+    """[10, 11, 12, 15, 17, 18] -> "10-12,15,17-18" (parse_seed_list's form)."""
+    spans: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _seeds_text(args: argparse.Namespace) -> str:
     first = args.first_seed
     return f"seed {first}" if args.seeds == 1 else f"seeds {first}-{first + args.seeds - 1}"
@@ -801,11 +874,60 @@ def train_and_evaluate(
     }
 
 
+def model_plan(
+    args: argparse.Namespace, config_path: str, models: list[str], may_probe: bool = True
+) -> tuple[Any, list[str], int, dict[str, Any] | None]:
+    """(the config at seed 0, the overrides of its every run, its steps under the budget, their probe or None)."""
+    own = overrides_for(run_name(config_path), args.set, models)
+    base = load_config(config_path, os.path.join(args.out, "runs", f"{run_name(config_path)}_seed0"), 0, own)
+    steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), own, may_probe)
+    return base, own + [f"train.steps={steps}"] + judging_off(base), steps, probe
+
+
+def run_plan(
+    args: argparse.Namespace,
+    config_path: str,
+    overrides: list[str],
+    out: str,
+    seed: int,
+    first_config,
+    first_seed: int,
+) -> tuple[str, str, Any, Any]:
+    """(workdir, training command, config, evaluation settings) of one run of the comparison in `out`."""
+    workdir = os.path.join(out, "runs", f"{run_name(config_path)}_seed{seed}")
+    command = "python -m imagen_jax.main " + shlex.join(_main_argv(config_path, workdir, seed, overrides))
+    config = load_config(config_path, workdir, seed, overrides)
+    return workdir, command, config, eval_settings(args, first_config, config, seed, first_seed)
+
+
+def borrowed_runs(args: argparse.Namespace, models: list[str], first_config) -> list[dict[str, Any]]:
+    """The records of --borrow's runs, each checked against the command and evaluation settings this call would
+    give it in its own comparison's directory; a run without such a record is an error (nothing is trained)."""
+    runs = []
+    every_model = models + [b.model for b in args.borrow]
+    for b in args.borrow:
+        _, overrides, _, _ = model_plan(args, b.config, every_model, may_probe=False)
+        for seed in b.seeds:
+            workdir, command, _, settings = run_plan(
+                args, b.config, overrides, b.out, seed, first_config, b.seeds[0]
+            )
+            record = read_record(workdir, command, settings.to_dict())
+            if record is None:
+                raise SystemExit(
+                    f"--borrow {b.config}: {os.path.join(workdir, RECORD)} is missing or was not made by\n  "
+                    f"{command}\nunder this call's evaluation settings; a borrowed run must be one this call "
+                    "would have made (same overrides, budget and evaluation), finished in its own comparison."
+                )
+            print(f"== {b.model}, seed {seed}: borrowed from its record {os.path.join(workdir, RECORD)}")
+            runs.append({**record, "borrowed_from": b.out})
+    return runs
+
+
 def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    models = [run_name(c) for c in args.configs]
+    models = [run_name(c) for c in args.configs] + [b.model for b in args.borrow]  # every --set scope
     if args.probe_only:
         for config_path in args.configs:
             probe = probe_throughput(
@@ -817,19 +939,14 @@ def main(argv: list[str] | None = None) -> str:
     first_config = None
     for config_path in args.configs:
         model = run_name(config_path)
-        own = overrides_for(model, args.set, models)
-        base = load_config(config_path, os.path.join(args.out, "runs", f"{model}_seed0"), 0, own)
+        base, overrides, steps, probe = model_plan(args, config_path, models)
         first_config = first_config or base
-        steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), own)
-        overrides = own + [f"train.steps={steps}"] + judging_off(base)
         for seed in args.seed_list:
             if args.run_seeds is not None and seed not in args.run_seeds:
                 continue
-            workdir = os.path.join(args.out, "runs", f"{model}_seed{seed}")
-            train_argv = _main_argv(config_path, workdir, seed, overrides)
-            command = "python -m imagen_jax.main " + shlex.join(train_argv)
-            config = load_config(config_path, workdir, seed, overrides)
-            settings = eval_settings(args, first_config, config, seed)
+            workdir, command, config, settings = run_plan(
+                args, config_path, overrides, args.out, seed, first_config, args.first_seed
+            )
             record = read_record(workdir, command, settings.to_dict())
             if record is None:
                 record = train_and_evaluate(config, settings, config_path, seed, workdir, steps, overrides)
@@ -841,6 +958,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.run_seeds is not None:
         print(f"records written for seeds {args.run_seeds}; the report: the same command without --run_seeds")
         return ""
+    runs += borrowed_runs(args, models, first_config)
     curves = plot_curves(runs, os.path.join(args.out, "training_curves.png"))
     for r in runs:
         r["curves_png"] = curves

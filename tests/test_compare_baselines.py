@@ -393,3 +393,75 @@ def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
         compare_baselines.verdict_lines(_alignment_runs({"a": [0.9], "b": [0.5]}), ["a", "b"], "holdout")
         == []
     )
+
+
+def test_a_borrowed_model_needs_a_recorded_probe_not_a_new_one(tmp_path):
+    with pytest.raises(SystemExit, match="holds no probe of 'gan_shapes_px16'"):
+        compare_baselines.probe_throughput(_args(tmp_path), "configs/gan_shapes.py:px16", [], may_probe=False)
+    assert not (tmp_path / "out").exists()  # nothing probed
+
+
+def test_seed_ranges_round_trip_through_parse_seed_list():
+    assert compare_baselines.seed_ranges([18, 10, 11, 12, 15, 17]) == "10-12,15,17-18"
+    assert compare_baselines.parse_seed_list("10-12,15,17-18", None) == [10, 11, 12, 15, 17, 18]
+    assert compare_baselines.seed_ranges([4]) == "4"
+
+
+def test_borrowed_runs_are_the_lenders_records_when_made_by_the_same_command(tmp_path):
+    """A comparison of Imagen alone (seeds 20-21) reports the GAN's seeds 3-4 from another comparison's records,
+    written here as that comparison would have (its first seed, 3, carries the GAN's sweep); a record made with
+    other overrides is refused, and nothing is trained."""
+    lend, out = tmp_path / "lend", tmp_path / "new"
+    gan = "configs/gan_shapes.py:px16"
+    lender = compare_baselines.parse_args(
+        ["--configs", "configs/imagen_shapes.py:px16," + gan, "--budget_steps", "5", "--out", str(lend)]
+        + ["--seeds", "2", "--first_seed", "3", "--set", "gan_shapes_px16:gan.loss=hinge"]
+    )
+    first = compare_baselines.load_config("configs/imagen_shapes.py:px16", str(lend / "x"), 0, [])
+    for seed in (3, 4):
+        workdir = lend / "runs" / f"gan_shapes_px16_seed{seed}"
+        workdir.mkdir(parents=True)
+        command = (
+            f"python -m imagen_jax.main --config {gan} --workdir {workdir} --config.seed={seed} "
+            "--config.gan.loss=hinge --config.train.steps=5 --config.sample.judge_prompts=0"
+        )
+        config = compare_baselines.load_config(gan, str(workdir), seed, ["gan.loss=hinge"])
+        settings = compare_baselines.eval_settings(lender, first, config, seed).to_dict()
+        assert settings["sweep_option"] == ("truncation" if seed == 3 else "")
+        compare_baselines.write_record(
+            str(workdir),
+            {"model": "gan_shapes_px16", "seed": seed, "command": command, "eval_settings": settings},
+        )
+    borrow = ["--borrow", gan, "3-4", str(lend)]
+    argv = ["--configs", "configs/imagen_shapes.py:px16", "--budget_steps", "5", "--out", str(out)]
+    argv += ["--seeds", "2", "--first_seed", "20"]
+    args = compare_baselines.parse_args(argv + borrow + ["--set", "gan_shapes_px16:gan.loss=hinge"])
+    runs = compare_baselines.borrowed_runs(args, ["imagen_shapes_px16", "gan_shapes_px16"], first)
+    assert [(r["seed"], r["borrowed_from"]) for r in runs] == [(3, str(lend)), (4, str(lend))]
+    assert "gan_shapes_px16 seeds 3-4 from " + str(lend) in compare_baselines._borrowed_text(args)
+    plain = compare_baselines.parse_args(argv + borrow)  # without the lender's hinge loss: not its runs
+    with pytest.raises(
+        SystemExit, match="gan_shapes_px16_seed3/comparison_run.json is missing or was not made"
+    ):
+        compare_baselines.borrowed_runs(plain, ["imagen_shapes_px16", "gan_shapes_px16"], first)
+    assert not out.exists()
+
+
+def test_borrow_is_refused_for_a_model_of_the_comparison_a_directory_without_runs_or_with_run_seeds(
+    tmp_path, capsys
+):
+    (tmp_path / "lend" / "runs").mkdir(parents=True)
+    argv = ["--configs", FOUR, "--budget_steps", "5", "--out", str(tmp_path / "out"), "--seeds", "2"]
+    parse = compare_baselines.parse_args
+    lend = str(tmp_path / "lend")
+    for bad, message in (
+        (["configs/gan_shapes.py:px16", "0-1", lend], "gan_shapes_px16 is already in the comparison"),
+        (["configs/quickstart.py", "0-1", str(tmp_path)], "holds no runs/ of a comparison"),
+        (["configs/quickstart.py", "x", lend], "'x' is not a seed or a range"),
+        (["configs/quickstart.py", "0-1", lend, "--run_seeds", "0"], "use one or the other"),
+    ):
+        with pytest.raises(SystemExit):
+            parse(argv + ["--borrow", *bad])
+        assert message in capsys.readouterr().err
+    args = parse(argv + ["--borrow", "configs/quickstart.py", "0-1", lend])
+    assert [(b.model, b.seeds) for b in args.borrow] == [("quickstart", [0, 1])]

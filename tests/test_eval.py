@@ -184,7 +184,7 @@ def test_compare_baselines_end_to_end(tmp_path, cache_dir, tiny_net):
     assert (seed1 / "comparison_run.json").exists() and not (workdir / "checkpoints").exists()
     shutil.rmtree(seed1 / "checkpoints")
     report = pathlib.Path(compare_baselines.main(argv[:3] + ["2"] + argv[4:])).read_text()
-    assert "1 models x 2 seed(s)" in report and f"{fid:.4g}" in report
+    assert "1 model x 2 seed(s)" in report and f"{fid:.4g}" in report
     assert f"Versions (every run): python {platform.python_version()}, " in report  # the runs' own
     assert not (workdir / "checkpoints").exists() and not (seed1 / "checkpoints").exists()
     # a record made under other evaluation settings is not reused: the run is evaluated anew (and trained

@@ -458,10 +458,20 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def welch_interval(a: list[float], b: list[float]) -> tuple[float, float]:
+    """95% confidence interval of mean(a) - mean(b) by Welch's t (unequal variances, Welch-Satterthwaite degrees
+    of freedom): the size of a difference, where welch_p says only whether there is one."""
+    from scipy import stats
+
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return float(ci.low), float(ci.high)
+
+
 def verdict_lines(runs: list[dict[str, Any]], models: list[str], split: str) -> list[str]:
     """The result on alignment over `split`'s prompts, stated from the numbers: the model with the highest mean, and
-    for each other model whether their 95% Student-t intervals (mean_ci) are disjoint, with the difference of means
-    and Welch's p-value beside it (secondary: the intervals are the criterion the comparison is judged by)."""
+    for each other model whether their 95% Student-t intervals (mean_ci) are disjoint, with the difference of means,
+    Welch's p-value and the difference's Welch 95% interval beside it (secondary: the intervals are the criterion
+    the comparison is judged by)."""
     values = {m: [_metric(r["eval"], split, "alignment") for r in runs if r["model"] == m] for m in models}
     if len(models) < 2 or any(len(v) < 2 for v in values.values()):
         return []  # a single seed has no interval; a single model has nothing to be ahead of
@@ -471,22 +481,25 @@ def verdict_lines(runs: list[dict[str, Any]], models: list[str], split: str) -> 
     lines = [
         f"## Result: alignment on {split} prompts",
         "",
-        "| model | mean ± 95% half-width | interval | vs the best: difference of means | Welch p | intervals |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | mean ± 95% half-width | interval | vs the best: difference of means | Welch p | intervals "
+        "| the difference's Welch 95% interval |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     overlapping = []
     for m in models:
         mean, half = intervals[m]
         if m == best:
-            diff, p, relation = "", "", "(highest mean)"
+            diff, p, relation, between = "", "", "(highest mean)", ""
         else:
             disjoint = mean + half < low
             overlapping += [] if disjoint else [m]
             diff = f"{intervals[best][0] - mean:+.4f}"
             p = f"{welch_p(values[best], values[m]):.2g}"
             relation = "disjoint" if disjoint else "overlap"
+            between = "[{:+.4f}, {:+.4f}]".format(*welch_interval(values[best], values[m]))
         lines.append(
-            f"| {m} | {mean:.4f} ± {half:.4f} | [{mean - half:.4f}, {mean + half:.4f}] | {diff} | {p} | {relation} |"
+            f"| {m} | {mean:.4f} ± {half:.4f} | [{mean - half:.4f}, {mean + half:.4f}] | {diff} | {p} | {relation} "
+            f"| {between} |"
         )
     n = sorted({len(v) for v in values.values()})
     if overlapping:

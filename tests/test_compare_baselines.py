@@ -345,6 +345,11 @@ def test_welch_p_is_the_closed_form_welch_test():
     t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
     assert compare_baselines.welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), dof), rel=1e-9)
+    half = stats.t.ppf(0.975, dof) * np.sqrt(va + vb)  # the difference's interval on the same t
+    low, high = compare_baselines.welch_interval(a, b)
+    assert (low, high) == pytest.approx(
+        (np.mean(a) - np.mean(b) - half, np.mean(a) - np.mean(b) + half), rel=1e-9
+    )
 
 
 def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
@@ -355,8 +360,10 @@ def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
     lines = compare_baselines.verdict_lines(runs, ["imagen", "gan", "vae"], "holdout")
     text = "\n".join(lines)
     # imagen [0.9452, 0.9948]; vae [0.9003, 0.9997] overlaps it; gan [0.1758, 0.4242] lies below it
-    assert "| imagen | 0.9700 ± 0.0248 | [0.9452, 0.9948] |  |  | (highest mean) |" in lines
+    assert "| imagen | 0.9700 ± 0.0248 | [0.9452, 0.9948] |  |  | (highest mean) |  |" in lines
     assert "| gan | 0.3000 ± 0.1242 | [0.1758, 0.4242] | +0.6700 |" in text and text.count("disjoint |") == 1
+    low, high = stats.ttest_ind([0.96, 0.97, 0.98], [0.25, 0.30, 0.35], equal_var=False).confidence_interval()
+    assert f"| disjoint | [{low:+.4f}, {high:+.4f}] |" in text and 0.5 < low < 0.67 < high < 0.85
     assert "| vae | 0.9500 ± 0.0497 | [0.9003, 0.9997] | +0.0200 |" in text and "| overlap |" in text
     assert (
         "**imagen has the highest mean, but its interval overlaps that of vae: over these seeds the comparison does "

@@ -408,7 +408,7 @@ def eval_settings(
     args: argparse.Namespace, first_config, config, seed: int = 0, first_seed: int | None = None
 ):
     """The shared eval settings (first config's, then the CLI's) with this model's own sweep (the first seed only,
-    --first_seed or a borrowed model's first_seed: the report plots that seed's curve, and a sweep costs a full
+    --first_seed unless first_seed is given: the report plots that seed's curve, and a sweep costs a full
     evaluation per value)."""
     from imagen_jax.evaluation import run as eval_run
 
@@ -582,8 +582,8 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
     lines = [
         "# Baseline comparison on the built-in shapes data",
         "",
-        f"{len(args.configs)} model{'s' if len(args.configs) > 1 else ''} x {args.seeds} seed(s) ({_seeds_text(args)}){_borrowed_text(args)}; budget: "
-        f"{_budget_text(args)}. Every number is the mean ± the half-width of its 95% Student-t confidence interval "
+        f"{len(args.configs)} model{'s' if len(args.configs) > 1 else ''} x {args.seeds} seed(s) "
+        f"({_seeds_text(args)}){_borrowed_text(args)}; budget: {_budget_text(args)}. Every number is the mean ± the half-width of its 95% Student-t confidence interval "
         "over seeds (a single seed shows no interval).",
         "",
         f"**Feature space of FID, KID, precision and recall: `{space}`** "
@@ -915,17 +915,21 @@ def run_plan(
 
 def borrowed_runs(args: argparse.Namespace, models: list[str], first_config) -> list[dict[str, Any]]:
     """The records of --borrow's runs, each checked against the command and evaluation settings this call would
-    give it in its own comparison's directory; a run without such a record is an error (nothing is trained)."""
+    give it in its own comparison's directory (with or without the sampling sweep, which the lender ran on its first
+    seed only and which changes no other number); a run without such a record is an error (nothing is trained).
+    models: every --set scope (--configs' and --borrow's)."""
     runs = []
-    every_model = models + [b.model for b in args.borrow]
     for b in args.borrow:
-        _, overrides, _, _ = model_plan(args, b.config, every_model, may_probe=False)
+        _, overrides, _, _ = model_plan(args, b.config, models, may_probe=False)
         for seed in b.seeds:
-            workdir, command, _, settings = run_plan(
-                args, b.config, overrides, b.out, seed, first_config, b.seeds[0]
-            )
-            record = read_record(workdir, command, settings.to_dict())
-            if record is None:
+            for first_seed in (-1, seed):  # the run without its sweep, then with it
+                workdir, command, _, settings = run_plan(
+                    args, b.config, overrides, b.out, seed, first_config, first_seed
+                )
+                record = read_record(workdir, command, settings.to_dict())
+                if record is not None:
+                    break
+            else:
                 raise SystemExit(
                     f"--borrow {b.config}: {os.path.join(workdir, RECORD)} is missing or was not made by\n  "
                     f"{command}\nunder this call's evaluation settings; a borrowed run must be one this call "

@@ -416,8 +416,8 @@ def test_seed_ranges_round_trip_through_parse_seed_list():
 
 def test_borrowed_runs_are_the_lenders_records_when_made_by_the_same_command(tmp_path):
     """A comparison of Imagen alone (seeds 20-21) reports the GAN's seeds 3-4 from another comparison's records,
-    written here as that comparison would have (its first seed, 3, carries the GAN's sweep); a record made with
-    other overrides is refused, and nothing is trained."""
+    written here as that comparison would have (its first seed, 3, carries the GAN's sweep: seed 4 borrowed alone
+    is still its own run); a record made with other overrides is refused, and nothing is trained."""
     lend, out = tmp_path / "lend", tmp_path / "new"
     gan = "configs/gan_shapes.py:px16"
     lender = compare_baselines.parse_args(
@@ -442,15 +442,19 @@ def test_borrowed_runs_are_the_lenders_records_when_made_by_the_same_command(tmp
     borrow = ["--borrow", gan, "3-4", str(lend)]
     argv = ["--configs", "configs/imagen_shapes.py:px16", "--budget_steps", "5", "--out", str(out)]
     argv += ["--seeds", "2", "--first_seed", "20"]
-    args = compare_baselines.parse_args(argv + borrow + ["--set", "gan_shapes_px16:gan.loss=hinge"])
-    runs = compare_baselines.borrowed_runs(args, ["imagen_shapes_px16", "gan_shapes_px16"], first)
+    argv_hinge = ["--set", "gan_shapes_px16:gan.loss=hinge"]
+    models = ["imagen_shapes_px16", "gan_shapes_px16"]
+    args = compare_baselines.parse_args(argv + borrow + argv_hinge)
+    runs = compare_baselines.borrowed_runs(args, models, first)
     assert [(r["seed"], r["borrowed_from"]) for r in runs] == [(3, str(lend)), (4, str(lend))]
     assert "gan_shapes_px16 seeds 3-4 from " + str(lend) in compare_baselines._borrowed_text(args)
+    alone = compare_baselines.parse_args(argv + ["--borrow", gan, "4", str(lend)] + argv_hinge)
+    assert [r["seed"] for r in compare_baselines.borrowed_runs(alone, models, first)] == [4]
     plain = compare_baselines.parse_args(argv + borrow)  # without the lender's hinge loss: not its runs
     with pytest.raises(
         SystemExit, match="gan_shapes_px16_seed3/comparison_run.json is missing or was not made"
     ):
-        compare_baselines.borrowed_runs(plain, ["imagen_shapes_px16", "gan_shapes_px16"], first)
+        compare_baselines.borrowed_runs(plain, models, first)
     assert not out.exists()
 
 

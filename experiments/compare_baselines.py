@@ -160,14 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as e:
         p.error(f"--run_seeds: {e}")
     args.configs = split_configs(args.configs)
-    for config in args.configs:
+    for config in args.configs + [config for config, _, _ in args.borrow]:
         if not os.path.isfile(config.split(":", 1)[0]):
             p.error(f"config file {config.split(':', 1)[0]} does not exist")
     own_models = [run_name(c) for c in args.configs]
     borrowed = []
     for config, seeds, directory in args.borrow:
-        if not os.path.isfile(config.split(":", 1)[0]):
-            p.error(f"--borrow: config file {config.split(':', 1)[0]} does not exist")
         if run_name(config) in own_models + [b.model for b in borrowed]:
             p.error(
                 f"--borrow: {run_name(config)} is already in the comparison (--configs or another --borrow)"
@@ -184,10 +182,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             argparse.Namespace(config=config, model=run_name(config), seeds=seed_list, out=directory)
         )
     args.borrow = borrowed
+    args.models = own_models + [b.model for b in borrowed]  # every --set scope
     if args.borrow and args.run_seeds is not None:
         p.error("--borrow adds records to the report; --run_seeds writes records only: use one or the other")
     try:  # every item's form and scope, once (the model asked for does not change what is refused)
-        overrides_for("", args.set, own_models + [b.model for b in args.borrow])
+        overrides_for("", args.set, args.models)
     except ValueError as e:
         p.error(f"--set: {e}")
     return args
@@ -583,8 +582,8 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         "# Baseline comparison on the built-in shapes data",
         "",
         f"{len(args.configs)} model{'s' if len(args.configs) > 1 else ''} x {args.seeds} seed(s) "
-        f"({_seeds_text(args)}){_borrowed_text(args)}; budget: {_budget_text(args)}. Every number is the mean ± the half-width of its 95% Student-t confidence interval "
-        "over seeds (a single seed shows no interval).",
+        f"({_seeds_text(args)}){_borrowed_text(args)}; budget: {_budget_text(args)}. Every number is the mean ± "
+        "the half-width of its 95% Student-t confidence interval over seeds (a single seed shows no interval).",
         "",
         f"**Feature space of FID, KID, precision and recall: `{space}`** "
         f"({_space_text(first)}). Alignment is the shapes judge's accuracy (every attribute right) on the same "
@@ -913,23 +912,21 @@ def run_plan(
     return workdir, command, config, eval_settings(args, first_config, config, seed, first_seed)
 
 
-def borrowed_runs(args: argparse.Namespace, models: list[str], first_config) -> list[dict[str, Any]]:
+def borrowed_runs(args: argparse.Namespace, first_config) -> list[dict[str, Any]]:
     """The records of --borrow's runs, each checked against the command and evaluation settings this call would
     give it in its own comparison's directory (with or without the sampling sweep, which the lender ran on its first
-    seed only and which changes no other number); a run without such a record is an error (nothing is trained).
-    models: every --set scope (--configs' and --borrow's)."""
+    seed only and which changes no other number); a run without such a record is an error (nothing is trained)."""
     runs = []
     for b in args.borrow:
-        _, overrides, _, _ = model_plan(args, b.config, models, may_probe=False)
+        _, overrides, _, _ = model_plan(args, b.config, args.models, may_probe=False)
         for seed in b.seeds:
-            for first_seed in (-1, seed):  # the run without its sweep, then with it
-                workdir, command, _, settings = run_plan(
-                    args, b.config, overrides, b.out, seed, first_config, first_seed
-                )
-                record = read_record(workdir, command, settings.to_dict())
-                if record is not None:
-                    break
-            else:
+            workdir, command, config, settings = run_plan(  # first seed -1: the run without its sweep
+                args, b.config, overrides, b.out, seed, first_config, -1
+            )
+            record = read_record(workdir, command, settings.to_dict()) or read_record(
+                workdir, command, eval_settings(args, first_config, config, seed, seed).to_dict()
+            )
+            if record is None:
                 raise SystemExit(
                     f"--borrow {b.config}: {os.path.join(workdir, RECORD)} is missing or was not made by\n  "
                     f"{command}\nunder this call's evaluation settings; a borrowed run must be one this call "
@@ -944,7 +941,7 @@ def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    models = [run_name(c) for c in args.configs] + [b.model for b in args.borrow]  # every --set scope
+    models = args.models
     if args.probe_only:
         for config_path in args.configs:
             probe = probe_throughput(
@@ -975,7 +972,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.run_seeds is not None:
         print(f"records written for seeds {args.run_seeds}; the report: the same command without --run_seeds")
         return ""
-    runs += borrowed_runs(args, models, first_config)
+    runs += borrowed_runs(args, first_config)
     curves = plot_curves(runs, os.path.join(args.out, "training_curves.png"))
     for r in runs:
         r["curves_png"] = curves

@@ -443,18 +443,17 @@ def test_borrowed_runs_are_the_lenders_records_when_made_by_the_same_command(tmp
     argv = ["--configs", "configs/imagen_shapes.py:px16", "--budget_steps", "5", "--out", str(out)]
     argv += ["--seeds", "2", "--first_seed", "20"]
     argv_hinge = ["--set", "gan_shapes_px16:gan.loss=hinge"]
-    models = ["imagen_shapes_px16", "gan_shapes_px16"]
     args = compare_baselines.parse_args(argv + borrow + argv_hinge)
-    runs = compare_baselines.borrowed_runs(args, models, first)
+    runs = compare_baselines.borrowed_runs(args, first)
     assert [(r["seed"], r["borrowed_from"]) for r in runs] == [(3, str(lend)), (4, str(lend))]
     assert "gan_shapes_px16 seeds 3-4 from " + str(lend) in compare_baselines._borrowed_text(args)
     alone = compare_baselines.parse_args(argv + ["--borrow", gan, "4", str(lend)] + argv_hinge)
-    assert [r["seed"] for r in compare_baselines.borrowed_runs(alone, models, first)] == [4]
+    assert [r["seed"] for r in compare_baselines.borrowed_runs(alone, first)] == [4]
     plain = compare_baselines.parse_args(argv + borrow)  # without the lender's hinge loss: not its runs
     with pytest.raises(
         SystemExit, match="gan_shapes_px16_seed3/comparison_run.json is missing or was not made"
     ):
-        compare_baselines.borrowed_runs(plain, models, first)
+        compare_baselines.borrowed_runs(plain, first)
     assert not out.exists()
 
 

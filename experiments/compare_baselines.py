@@ -887,10 +887,10 @@ def train_and_evaluate(
 
 
 def model_plan(
-    args: argparse.Namespace, config_path: str, models: list[str], may_probe: bool = True
+    args: argparse.Namespace, config_path: str, may_probe: bool = True
 ) -> tuple[Any, list[str], int, dict[str, Any] | None]:
     """(the config at seed 0, the overrides of its every run, its steps under the budget, their probe or None)."""
-    own = overrides_for(run_name(config_path), args.set, models)
+    own = overrides_for(run_name(config_path), args.set, args.models)
     base = load_config(config_path, os.path.join(args.out, "runs", f"{run_name(config_path)}_seed0"), 0, own)
     steps, probe = steps_for_budget(args, config_path, int(base.train.batch_size), own, may_probe)
     return base, own + [f"train.steps={steps}"] + judging_off(base), steps, probe
@@ -918,7 +918,7 @@ def borrowed_runs(args: argparse.Namespace, first_config) -> list[dict[str, Any]
     seed only and which changes no other number); a run without such a record is an error (nothing is trained)."""
     runs = []
     for b in args.borrow:
-        _, overrides, _, _ = model_plan(args, b.config, args.models, may_probe=False)
+        _, overrides, _, _ = model_plan(args, b.config, may_probe=False)
         for seed in b.seeds:
             workdir, command, config, settings = run_plan(  # first seed -1: the run without its sweep
                 args, b.config, overrides, b.out, seed, first_config, -1
@@ -941,11 +941,10 @@ def main(argv: list[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    models = args.models
     if args.probe_only:
         for config_path in args.configs:
             probe = probe_throughput(
-                args, config_path, overrides_for(run_name(config_path), args.set, models)
+                args, config_path, overrides_for(run_name(config_path), args.set, args.models)
             )
             print(f"{run_name(config_path)}: {probe['images_per_sec']:.1f} images/s", flush=True)
         return args.throughput or os.path.join(args.out, "throughput.json")
@@ -953,7 +952,7 @@ def main(argv: list[str] | None = None) -> str:
     first_config = None
     for config_path in args.configs:
         model = run_name(config_path)
-        base, overrides, steps, probe = model_plan(args, config_path, models)
+        base, overrides, steps, probe = model_plan(args, config_path)
         first_config = first_config or base
         for seed in args.seed_list:
             if args.run_seeds is not None and seed not in args.run_seeds:

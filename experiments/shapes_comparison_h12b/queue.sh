@@ -26,6 +26,7 @@ for s in $(seq "${1:-20}" 79); do
   fi
   for p in "${pids[@]}"; do
     wait "$p"
-    echo "$(date -u +%FT%TZ) seed $s pid $p rc $?" >> "$LOGS/queue.log"
+    rc=$?  # taken at once: inside the echo below, $? would be the command substitution's (date's) status
+    echo "$(date -u +%FT%TZ) seed $s pid $p rc $rc" >> "$LOGS/queue.log"
   done
 done

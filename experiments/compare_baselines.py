@@ -591,6 +591,7 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
         f"images of the same split and captions ({first['reference']}).",
         "",
     ]
+    lines += _feature_net_lines(runs)
     lines += _budget_lines(runs, models)
     if args.tuning:
         lines += [
@@ -704,6 +705,33 @@ def write_report(args: argparse.Namespace, argv: list[str], runs: list[dict[str,
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"argv": argv, "runs": runs}, f, indent=2)
     return path
+
+
+def _feature_net_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """A warning, with the runs of each, when the runs' FID, KID, precision and recall were measured by different
+    copies of the feature network: a copy trained again from the same spec on another CPU differs in its last
+    bits, so its feature scale and features differ too. Nothing when every run used the same copy."""
+    groups: dict[tuple[str, float], list[str]] = {}
+    for r in runs:
+        e = r["eval"]
+        key = (e["feature_space"], float(e.get("feature_space_info", {}).get("feature_scale", float("nan"))))
+        groups.setdefault(key, []).append(f"{r['model']} {r['seed']}")
+    if len(groups) == 1:
+        return []
+    lines = [
+        f"**The feature network differs between runs** ({len(groups)} copies): FID, KID, precision and recall "
+        "of runs in different groups were measured by different instruments and are not strictly comparable. "
+        "Alignment, the judge's, is analytic and does not depend on it.",
+        "",
+    ]
+    for (space, scale), names in groups.items():
+        by_model: dict[str, list[int]] = {}
+        for name in names:
+            model, seed = name.rsplit(" ", 1)
+            by_model.setdefault(model, []).append(int(seed))
+        who = "; ".join(f"{m} seeds {seed_ranges(s)}" for m, s in by_model.items())
+        lines.append(f"- `{space}`, feature scale {scale:.6g}: {who}")
+    return lines + [""]
 
 
 def _version_lines(runs: list[dict[str, Any]], out: str) -> list[str]:

@@ -475,3 +475,24 @@ def test_borrow_is_refused_for_a_model_of_the_comparison_a_directory_without_run
         assert message in capsys.readouterr().err
     args = parse(argv + ["--borrow", "configs/quickstart.py", "0-1", lend])
     assert [(b.model, b.seeds) for b in args.borrow] == [("quickstart", [0, 1])]
+
+
+def test_the_report_warns_when_runs_measured_fid_with_different_feature_nets():
+    def run(model, seed, scale):
+        info = {"feature_scale": scale}
+        return {
+            "model": model,
+            "seed": seed,
+            "eval": {"feature_space": "shapes-cnn-16px-1e", "feature_space_info": info},
+        }
+
+    same = [run("imagen", 0, 5.8), run("vae", 0, 5.8), run("imagen", 1, 5.8)]
+    assert compare_baselines._feature_net_lines(same) == []
+    mixed = same + [run("imagen", 2, 5.9), run("imagen", 3, 5.9), run("vae", 3, 5.9)]
+    lines = compare_baselines._feature_net_lines(mixed)
+    assert lines[0].startswith("**The feature network differs between runs** (2 copies)")
+    assert lines[2:] == [
+        "- `shapes-cnn-16px-1e`, feature scale 5.8: imagen seeds 0-1; vae seeds 0",
+        "- `shapes-cnn-16px-1e`, feature scale 5.9: imagen seeds 2-3; vae seeds 3",
+        "",
+    ]

@@ -711,11 +711,11 @@ def _feature_net_lines(runs: list[dict[str, Any]]) -> list[str]:
     """A warning, with the runs of each, when the runs' FID, KID, precision and recall were measured by different
     copies of the feature network: a copy trained again from the same spec on another CPU differs in its last
     bits, so its feature scale and features differ too. Nothing when every run used the same copy."""
-    groups: dict[tuple[str, float], list[str]] = {}
+    groups: dict[tuple[str, float | None], dict[str, list[int]]] = {}
     for r in runs:
         e = r["eval"]
-        key = (e["feature_space"], float(e.get("feature_space_info", {}).get("feature_scale", float("nan"))))
-        groups.setdefault(key, []).append(f"{r['model']} {r['seed']}")
+        key = (e["feature_space"], e.get("feature_space_info", {}).get("feature_scale"))  # None: Inception's
+        groups.setdefault(key, {}).setdefault(r["model"], []).append(r["seed"])
     if len(groups) == 1:
         return []
     lines = [
@@ -724,13 +724,11 @@ def _feature_net_lines(runs: list[dict[str, Any]]) -> list[str]:
         "Alignment, the judge's, is analytic and does not depend on it.",
         "",
     ]
-    for (space, scale), names in groups.items():
-        by_model: dict[str, list[int]] = {}
-        for name in names:
-            model, seed = name.rsplit(" ", 1)
-            by_model.setdefault(model, []).append(int(seed))
-        who = "; ".join(f"{m} seeds {seed_ranges(s)}" for m, s in by_model.items())
-        lines.append(f"- `{space}`, feature scale {scale:.6g}: {who}")
+    for (space, scale), seeds in groups.items():
+        who = "; ".join(f"{m} seeds {seed_ranges(s)}" for m, s in seeds.items())
+        lines.append(
+            f"- `{space}`, feature scale {'not recorded' if scale is None else f'{scale:.6g}'}: {who}"
+        )
     return lines + [""]
 
 

@@ -488,6 +488,17 @@ def test_the_report_warns_when_runs_measured_fid_with_different_feature_nets():
 
     same = [run("imagen", 0, 5.8), run("vae", 0, 5.8), run("imagen", 1, 5.8)]
     assert compare_baselines._feature_net_lines(same) == []
+    inception = [
+        {
+            "model": m,
+            "seed": 0,
+            "eval": {"feature_space": "inception", "feature_space_info": {"weights": "w"}},
+        }
+        for m in ("imagen", "vae")
+    ]
+    assert (
+        compare_baselines._feature_net_lines(inception) == []
+    )  # no scale recorded: one instrument, no warning
     mixed = same + [run("imagen", 2, 5.9), run("imagen", 3, 5.9), run("vae", 3, 5.9)]
     lines = compare_baselines._feature_net_lines(mixed)
     assert lines[0].startswith("**The feature network differs between runs** (2 copies)")

@@ -500,7 +500,12 @@ def verdict_lines(runs: list[dict[str, Any]], models: list[str], split: str) -> 
             f"| {m} | {mean:.4f} ± {half:.4f} | [{mean - half:.4f}, {mean + half:.4f}] | {diff} | {p} | {relation} "
             f"| {between} |"
         )
-    n = sorted({len(v) for v in values.values()})
+    counts = {len(v) for v in values.values()}
+    seeds = (
+        f"{counts.pop()} seeds per model"
+        if len(counts) == 1
+        else "seeds: " + ", ".join(f"{m} {len(values[m])}" for m in models)
+    )
     if overlapping:
         verdict = (
             f"**{best} has the highest mean, but its interval overlaps "
@@ -509,7 +514,7 @@ def verdict_lines(runs: list[dict[str, Any]], models: list[str], split: str) -> 
         )
     else:
         verdict = f"**{best} is ahead of every other model, with disjoint 95% intervals.**"
-    return lines + ["", f"{verdict} ({'/'.join(map(str, n))} seeds per model.)", ""]
+    return lines + ["", f"{verdict} ({seeds}.)", ""]
 
 
 def _join(names: list[str]) -> str:

@@ -395,6 +395,10 @@ def test_the_verdict_says_overlap_or_disjoint_from_the_intervals():
     assert (
         "**imagen is ahead of every other model, with disjoint 95% intervals.** (3 seeds per model.)" in text
     )
+    # unequal seed counts (borrowed models): each model's count, not a bare '4/3'
+    runs = _alignment_runs({"imagen": [0.96, 0.97, 0.98, 0.97], "gan": [0.25, 0.30, 0.35]})
+    text = "\n".join(compare_baselines.verdict_lines(runs, ["imagen", "gan"], "holdout"))
+    assert "disjoint 95% intervals.** (seeds: imagen 4, gan 3.)" in text
     # one seed has no interval: no verdict rather than a made-up one
     assert (
         compare_baselines.verdict_lines(_alignment_runs({"a": [0.9], "b": [0.5]}), ["a", "b"], "holdout")

@@ -500,9 +500,8 @@ def test_the_report_warns_when_runs_measured_fid_with_different_feature_nets():
         }
         for m in ("imagen", "vae")
     ]
-    assert (
-        compare_baselines._feature_net_lines(inception) == []
-    )  # no scale recorded: one instrument, no warning
+    # no scale recorded: one instrument, no warning
+    assert compare_baselines._feature_net_lines(inception) == []
     mixed = same + [run("imagen", 2, 5.9), run("imagen", 3, 5.9), run("vae", 3, 5.9)]
     lines = compare_baselines._feature_net_lines(mixed)
     assert lines[0].startswith("**The feature network differs between runs** (2 copies)")
